@@ -1,0 +1,244 @@
+"""Settings: one frozen object built from the environment and an optional ``.env``.
+
+Every setting is validated when it is loaded so that a typo in a deployment is a
+one-line error naming the variable (``ConfigError``), not a traceback deep inside a
+send.  The environment wins over ``.env`` (python-dotenv's ``override=False``), so
+an operator can always override a file that ships with the deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+PREFIX = "NEWSLETTER_"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; ``str()`` is a one-line message naming it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the running system may be configured with; defaults run a demo."""
+
+    database_url: str = "sqlite:///subscribers.db"
+    smtp_url: str | None = None
+    outbox: Path = Path("outbox")
+    from_name: str = "The Daily Digest"
+    from_email: str = "newsletter@localhost"
+    site_name: str = "The Daily Digest"
+    base_url: str = "http://localhost:8000"
+    secret_key: str | None = None
+    digest_cron: str = "0 7 * * *"
+    timezone: str = "UTC"
+    feeds: tuple[str, ...] = ()
+    feed_poll_minutes: int = 15
+    max_stories: int = 10
+    send_rate: float = 0.0
+    smtp_connections: int = 4
+    smtp_timeout: float = 30.0
+    postal_address: str = "Set NEWSLETTER_POSTAL_ADDRESS to your postal address"
+    dkim_key_file: Path | None = None
+    dkim_selector: str | None = None
+    templates_dir: Path | None = None
+    misfire_grace_seconds: int = 3600
+    max_attempts: int = 5
+    batch_size: int = 500
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def from_header(self) -> str:
+        """The From value as ``Name <addr>`` (encoding is message.py's job)."""
+        return str(Address(display_name=self.from_name, addr_spec=self.from_email))
+
+    @property
+    def sender_domain(self) -> str:
+        """Domain used for Message-IDs and List-Id: the From address's domain."""
+        return self.from_email.rpartition("@")[2]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def _no_control(name: str, value: str) -> str:
+    if _CONTROL.search(value):
+        raise ConfigError(f"{name}: control characters (CR, LF, ...) are not allowed")
+    return value
+
+
+def _int(name: str, value: str, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {number}")
+    return number
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if number < 0 or number != number or number == float("inf"):
+        raise ConfigError(f"{name}: must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _from(value: str) -> tuple[str, str]:
+    _no_control(f"{PREFIX}FROM", value)
+    name, addr = parseaddr(value, strict=True)
+    if not addr or "@" not in addr or addr.count("@") != 1 or " " in addr:
+        raise ConfigError(
+            f"{PREFIX}FROM: expected 'Name <address@example.com>' or an address, got {value!r}"
+        )
+    local, _, domain = addr.partition("@")
+    if not local or ("." not in domain and domain != "localhost"):
+        raise ConfigError(f"{PREFIX}FROM: {addr!r} is not a valid address")
+    return name, addr
+
+
+def _smtp_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError(
+            f"{PREFIX}SMTP_URL: expected smtp://user:pass@host:587 or smtps://host:465, "
+            f"got scheme {parts.scheme!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{PREFIX}SMTP_URL: the port is not a number") from None
+    return value
+
+
+def _cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5:
+        raise ConfigError(
+            f"{PREFIX}DIGEST_CRON: expected 5 fields 'minute hour day month weekday', got {value!r}"
+        )
+    try:
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}DIGEST_CRON: {exc}") from None
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{PREFIX}TIMEZONE: unknown time zone {value!r}") from None
+    return value
+
+
+def _feeds(value: str) -> tuple[str, ...]:
+    feeds = tuple(item.strip() for item in re.split(r"[\s,]+", value) if item.strip())
+    for feed in feeds:
+        _http_url(f"{PREFIX}FEEDS", feed)
+    return feeds
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: str | os.PathLike[str] | None = ".env",
+) -> Settings:
+    """Build Settings from ``environ`` (default: ``os.environ``) over ``.env``.
+
+    Pass ``dotenv_path=None`` to ignore any ``.env`` file (tests do).
+    """
+    values: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    env = {k[len(PREFIX) :]: v for k, v in values.items() if k.startswith(PREFIX)}
+
+    def get(key: str) -> str | None:
+        raw = env.get(key)
+        if raw is None:
+            return None
+        raw = raw.strip()
+        return raw or None
+
+    kwargs: dict[str, object] = {}
+    if (v := get("DATABASE_URL")) is not None:
+        kwargs["database_url"] = v
+    if (v := get("SMTP_URL")) is not None:
+        kwargs["smtp_url"] = _smtp_url(v)
+    if (v := get("OUTBOX")) is not None:
+        kwargs["outbox"] = Path(v)
+    if (v := get("FROM")) is not None:
+        name, addr = _from(v)
+        kwargs["from_email"] = addr
+        if name:
+            kwargs["from_name"] = name
+    if (v := get("SITE_NAME")) is not None:
+        kwargs["site_name"] = _no_control(f"{PREFIX}SITE_NAME", v)
+        kwargs.setdefault("from_name", kwargs["site_name"])
+    if (v := get("BASE_URL")) is not None:
+        kwargs["base_url"] = _http_url(f"{PREFIX}BASE_URL", v)
+    if (v := get("SECRET_KEY")) is not None:
+        if len(v) < 16:
+            raise ConfigError(f"{PREFIX}SECRET_KEY: use at least 16 characters")
+        kwargs["secret_key"] = v
+    if (v := get("DIGEST_CRON")) is not None:
+        kwargs["digest_cron"] = _cron(v)
+    if (v := get("TIMEZONE")) is not None:
+        kwargs["timezone"] = _timezone(v)
+    if (v := get("FEEDS")) is not None:
+        kwargs["feeds"] = _feeds(v)
+    for key, attr, minimum in (
+        ("FEED_POLL_MINUTES", "feed_poll_minutes", 1),
+        ("MAX_STORIES", "max_stories", 1),
+        ("SMTP_CONNECTIONS", "smtp_connections", 1),
+        ("MISFIRE_GRACE_SECONDS", "misfire_grace_seconds", 1),
+        ("MAX_ATTEMPTS", "max_attempts", 1),
+        ("BATCH_SIZE", "batch_size", 1),
+    ):
+        if (v := get(key)) is not None:
+            kwargs[attr] = _int(PREFIX + key, v, minimum)
+    if (v := get("SEND_RATE")) is not None:
+        kwargs["send_rate"] = _float(f"{PREFIX}SEND_RATE", v)
+    if (v := get("SMTP_TIMEOUT")) is not None:
+        kwargs["smtp_timeout"] = _float(f"{PREFIX}SMTP_TIMEOUT", v) or 30.0
+    if (v := get("POSTAL_ADDRESS")) is not None:
+        kwargs["postal_address"] = _no_control(f"{PREFIX}POSTAL_ADDRESS", v)
+    if (v := get("DKIM_KEY_FILE")) is not None:
+        kwargs["dkim_key_file"] = Path(v)
+    if (v := get("DKIM_SELECTOR")) is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ConfigError(f"{PREFIX}DKIM_SELECTOR: not a DNS label: {v!r}")
+        kwargs["dkim_selector"] = v
+    if ("dkim_key_file" in kwargs) != ("dkim_selector" in kwargs):
+        raise ConfigError(f"{PREFIX}DKIM_KEY_FILE and {PREFIX}DKIM_SELECTOR must be set together")
+    if "dkim_key_file" in kwargs and not Path(str(kwargs["dkim_key_file"])).is_file():
+        raise ConfigError(f"{PREFIX}DKIM_KEY_FILE: no such file {kwargs['dkim_key_file']}")
+    if (v := get("TEMPLATES_DIR")) is not None:
+        if not Path(v).is_dir():
+            raise ConfigError(f"{PREFIX}TEMPLATES_DIR: no such directory {v}")
+        kwargs["templates_dir"] = Path(v)
+    kwargs["extra"] = dict(env)
+    return Settings(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,70 @@
+"""Signed link tokens (itsdangerous), one salt per purpose.
+
+Tokens carry the subscriber id, never the address, so a forwarded email leaks no
+address and a token minted for one purpose cannot be replayed for another.
+Unsubscribe tokens never expire (a years-old email must still unsubscribe);
+confirmation tokens expire after :data:`CONFIRM_MAX_AGE`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+CONFIRM_MAX_AGE = timedelta(days=7)
+_UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
+_CONFIRM_SALT = "newsletter.confirm.v1"
+
+
+class InvalidToken(ValueError):
+    """Tampered, malformed or minted for another purpose."""
+
+
+class ExpiredToken(InvalidToken):
+    """Genuine but too old; ``subscriber_id`` lets the page offer a fresh link."""
+
+    def __init__(self, subscriber_id: int | None) -> None:
+        super().__init__("link expired")
+        self.subscriber_id = subscriber_id
+
+
+class Tokens:
+    """Mint and check tokens with one secret key."""
+
+    def __init__(self, secret_key: str) -> None:
+        self._unsubscribe = URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE_SALT)
+        self._confirm = URLSafeTimedSerializer(secret_key, salt=_CONFIRM_SALT)
+
+    def unsubscribe(self, subscriber_id: int) -> str:
+        return str(self._unsubscribe.dumps(subscriber_id))
+
+    def read_unsubscribe(self, token: str) -> int:
+        try:
+            value = self._unsubscribe.loads(token)
+        except BadSignature:
+            raise InvalidToken("bad unsubscribe token") from None
+        return _as_id(value)
+
+    def confirm(self, subscriber_id: int) -> str:
+        return str(self._confirm.dumps(subscriber_id))
+
+    def read_confirm(self, token: str, max_age: timedelta = CONFIRM_MAX_AGE) -> int:
+        try:
+            value = self._confirm.loads(token, max_age=int(max_age.total_seconds()))
+        except SignatureExpired as exc:
+            payload = exc.payload
+            try:
+                sid = _as_id(self._confirm.load_payload(payload)) if payload else None
+            except (BadSignature, InvalidToken):
+                sid = None
+            raise ExpiredToken(sid) from None
+        except BadSignature:
+            raise InvalidToken("bad confirmation token") from None
+        return _as_id(value)
+
+
+def _as_id(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise InvalidToken("token does not carry a subscriber id")

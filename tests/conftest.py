@@ -1,0 +1,162 @@
+"""Shared fixtures: real SQLite files in a temp folder, real settings, a real SMTP server.
+
+Nothing here is a mock: ``smtp_server`` is an aiosmtpd ``Controller`` on 127.0.0.1
+that keeps every message it accepts, and ``make_context`` opens a fresh migrated
+SQLite database per test.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from newsletter.config import Settings, load_settings
+from newsletter.context import Context
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+FEEDS = FIXTURES / "feeds"
+ARTICLES = FIXTURES / "articles"
+FEED_FILES = sorted(FEEDS.glob("*.xml"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """NEWSLETTER_* variables for a test: its own database, outbox and secret."""
+    return {
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'subscribers.db'}",
+        "NEWSLETTER_OUTBOX": str(tmp_path / "outbox"),
+        "NEWSLETTER_FROM": "The Daily Digest <news@example.com>",
+        "NEWSLETTER_BASE_URL": "https://news.example.com",
+        "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
+        "NEWSLETTER_POSTAL_ADDRESS": "1 Fleet Street, London EC4Y 1AA",
+        "NEWSLETTER_SITE_NAME": "The Daily Digest",
+    }
+
+
+@pytest.fixture
+def make_settings(env: dict[str, str]) -> Callable[..., Settings]:
+    def factory(**overrides: str) -> Settings:
+        return load_settings({**env, **overrides}, dotenv_path=None)
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Iterator[Context]:
+    context = Context.open(settings)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Run CLI commands (click's runner) against this test's settings, from tmp_path."""
+    for key in list(__import__("os").environ):
+        if key.startswith("NEWSLETTER_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return env
+
+
+@dataclass
+class Received:
+    envelope_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        msg = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+@dataclass
+class RecordingHandler:
+    """Accepts everything and keeps it; subclass ``decide`` to inject faults."""
+
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.rcpt_reply(address)
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return reply
+
+    def rcpt_reply(self, address: str) -> str:
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or envelope.content
+        assert isinstance(data, bytes)
+        with self.lock:
+            self.messages.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        return "250 Message accepted for delivery"
+
+    def by_recipient(self) -> dict[str, list[Received]]:
+        out: dict[str, list[Received]] = {}
+        with self.lock:
+            for m in self.messages:
+                for r in m.rcpt_tos:
+                    out.setdefault(r, []).append(m)
+        return out
+
+
+@dataclass
+class SMTPServer:
+    controller: Controller
+    handler: RecordingHandler
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.controller.hostname}:{self.controller.port}"
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.handler.messages
+
+
+def start_smtp(handler: Any | None = None, **kwargs: Any) -> SMTPServer:
+    handler = handler or RecordingHandler()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_port(), data_size_limit=10_000_000, **kwargs
+    )
+    controller.start()
+    return SMTPServer(controller, handler)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPServer]:
+    """A real SMTP server on 127.0.0.1 that records every message it accepts."""
+    server = start_smtp()
+    yield server
+    server.controller.stop()
