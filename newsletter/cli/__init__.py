@@ -64,9 +64,9 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, sending, server, stories, subscribers
+    from . import admin, preview, sending, server, stories, subscribers, timetable
 
-    for module in (stories, subscribers, sending, server, admin):
+    for module in (stories, subscribers, preview, sending, server, timetable, admin):
         for command in module.COMMANDS:
             main.add_command(command)
 
