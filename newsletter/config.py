@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import Address
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -107,7 +107,10 @@ def _http_url(name: str, value: str) -> str:
 
 def _from(value: str) -> tuple[str, str]:
     _no_control(f"{PREFIX}FROM", value)
-    name, addr = parseaddr(value, strict=True)
+    # Python 3.11.7's parseaddr has no strict mode: refuse lists explicitly.
+    if len(getaddresses([value])) != 1:
+        raise ConfigError(f"{PREFIX}FROM: expected exactly one address, got {value!r}")
+    name, addr = parseaddr(value)
     if not addr or "@" not in addr or addr.count("@") != 1 or " " in addr:
         raise ConfigError(
             f"{PREFIX}FROM: expected 'Name <address@example.com>' or an address, got {value!r}"

@@ -1,7 +1,133 @@
-"""CLI commands for this area (see DESIGN.md "Interfaces")."""
+"""``newsletter preview``: the next digest exactly as a reader gets it, nothing sent or kept.
+
+The preview goes through the real path (selection, ``build_issue``, render,
+``MessageFactory.build``) inside a transaction that is always rolled back, so the
+file shows the very bytes a subscriber would receive (including the issue number
+in the view-in-browser link) while the database is left as it was.  The preview
+reader has subscriber id 0, which no token check accepts, so clicking its
+unsubscribe link cannot unsubscribe anybody.
+"""
 
 from __future__ import annotations
 
-import click
+import email
+import email.policy
+import webbrowser
+from dataclasses import dataclass
+from datetime import date, timedelta
+from email.message import EmailMessage
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from jinja2 import TemplateError
+
+from ..context import Context
+from ..digest import AlreadySentToday, build_issue, local_today
+from ..dkimsign import DkimKeyError
+from ..message import BuiltMessage, MessageFactory
+from ..render import GMAIL_CLIP_BYTES, TemplateProblem
+from . import AppState, pass_state
+
+PREVIEW_SUBSCRIBER_ID = 0
+
+
+@dataclass(frozen=True)
+class Preview:
+    subject: str
+    story_count: int
+    message: BuiltMessage
+    note: str | None
+
+    @property
+    def html(self) -> str:
+        return _part(self.message.data, "html")
+
+    @property
+    def text(self) -> str:
+        return _part(self.message.data, "plain")
+
+
+def _part(data: bytes, subtype: str) -> str:
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    body = parsed.get_body((subtype,))
+    assert isinstance(body, EmailMessage)
+    return str(body.get_content())
+
+
+def build_preview(
+    ctx: Context, *, name: str = "", today: date | None = None, to: str | None = None
+) -> Preview | None:
+    """The next digest for a sample reader, or None when nothing is new. Writes nothing."""
+    session = ctx.db.session()
+    try:
+        day = today or local_today(ctx.settings)
+        note = None
+        try:
+            issue = build_issue(session, ctx, today=day)
+        except AlreadySentToday as exc:
+            note = f"{exc}; previewing the next digest instead"
+            issue = build_issue(session, ctx, today=day + timedelta(days=1))
+        if issue is None:
+            return None
+        factory = MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text)
+        recipient = to or f"preview@{factory_domain(ctx)}"
+        built = factory.build(PREVIEW_SUBSCRIBER_ID, recipient, name)
+        return Preview(issue.subject, len(issue.stories), built, note)
+    finally:
+        session.rollback()
+        session.close()
+
+
+def factory_domain(ctx: Context) -> str:
+    return ctx.settings.sender_domain
+
+
+@click.command("preview")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Where to write it (default preview.html, or preview.eml with --eml).",
+)
+@click.option("--eml", is_flag=True, help="Write the whole message (headers and both parts).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the result in a browser.")
+@click.option("--name", default="", help="Greet the sample reader by this name.")
+@pass_state
+def preview(
+    state: AppState, output: Path | None, eml: bool, open_browser: bool, name: str
+) -> None:
+    """Write the next digest as a subscriber would get it, without sending or recording it."""
+    ctx = state.ctx
+    try:
+        result = build_preview(ctx, name=name)
+    except (TemplateProblem, TemplateError, DkimKeyError, ValueError) as exc:
+        raise click.ClickException(f"cannot build the preview: {exc}") from None
+    if result is None:
+        click.echo("nothing new to send: no featured stories that have not gone out yet")
+        return
+    if result.note:
+        click.echo(result.note, err=True)
+    path = output or Path("preview.eml" if eml else "preview.html")
+    try:
+        if eml:
+            path.write_bytes(result.message.data)
+        else:
+            path.write_text(result.html, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    html_size = len(result.html.encode("utf-8"))
+    click.echo(
+        f"Wrote {path} ({result.story_count} stories, HTML {html_size / 1024:.1f} KB)\n"
+        f"Subject: {result.subject}"
+    )
+    if html_size > GMAIL_CLIP_BYTES:
+        click.echo(
+            f"warning: the HTML is over {GMAIL_CLIP_BYTES // 1024} KB; Gmail will clip it",
+            err=True,
+        )
+    if open_browser:
+        webbrowser.open(path.resolve().as_uri())
+
+
+COMMANDS: list[click.Command] = [preview]

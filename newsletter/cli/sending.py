@@ -1,7 +1,247 @@
-"""CLI commands for this area (see DESIGN.md "Interfaces")."""
+"""``newsletter send`` and ``newsletter issues list|show|resume|cancel|retry-failed``.
+
+``send`` never starts a second issue while one is unfinished: it resumes that one,
+so an interrupted send is finished by simply running the same command again.
+The issue is frozen and enqueued in one write transaction; the rendering shown
+for confirmation comes from a rolled-back build, so nothing is recorded until the
+operator says yes.
+"""
 
 from __future__ import annotations
 
-import click
+from dataclasses import dataclass
 
-COMMANDS: list[click.Command] = []
+import click
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .. import delivery
+from ..context import Context
+from ..digest import AlreadySentToday, UnknownStories, build_issue
+from ..message import build_single
+from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
+from ..subscribers import InvalidEmail, normalise_email
+from ..transport import Outcome, open_transport
+from . import AppState, pass_state
+from .issues_cli import issues_group
+from .sendview import console, run_issue
+
+
+@dataclass
+class Draft:
+    """A rendered issue that was not recorded (rolled back)."""
+
+    subject: str
+    html: str
+    text: str
+    stories: list[tuple[int, str]]
+    existing_id: int | None = None
+
+
+def _parse_ids(values: tuple[str, ...]) -> list[int] | None:
+    if not values:
+        return None
+    ids: list[int] = []
+    for value in values:
+        for part in value.replace(",", " ").split():
+            if not part.isdigit():
+                raise click.BadParameter(f"{part!r} is not a story id", param_hint="--story")
+            ids.append(int(part))
+    return ids
+
+
+def _draft(ctx: Context, story_ids: list[int] | None, subject: str | None) -> Draft | None:
+    """Render what would go out, then roll back: nothing is recorded."""
+    with ctx.db.read() as session:
+        try:
+            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
+        except UnknownStories as exc:
+            raise click.ClickException(str(exc)) from None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--subject") from None
+        if issue is None:
+            return None
+        stories = [(link.story.id, link.story.title) for link in issue.stories]
+        return Draft(issue.subject, issue.html, issue.text, stories)
+
+
+def _existing(ctx: Context, issue_id: int) -> Draft:
+    with ctx.db.read() as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        stories = [(link.story.id, link.story.title) for link in issue.stories]
+        return Draft(issue.subject, issue.html, issue.text, stories, existing_id=issue.id)
+
+
+def _show_draft(draft: Draft, recipients: int, via: str) -> None:
+    console.print(f"[bold]Subject:[/bold] {draft.subject}", markup=True)
+    console.print(f"[bold]Stories ({len(draft.stories)}):[/bold]")
+    for position, (story_id, title) in enumerate(draft.stories, 1):
+        console.print(f"  {position}. {title}  [dim](#{story_id})[/dim]")
+    console.print(f"[bold]Recipients:[/bold] {recipients:,} active subscribers")
+    console.print(f"[bold]Via:[/bold] {via}")
+
+
+def _send_test_copy(
+    ctx: Context, to: str, story_ids: list[int] | None, subject: str | None
+) -> None:
+    try:
+        address = normalise_email(to)
+    except InvalidEmail as exc:
+        raise click.BadParameter(str(exc), param_hint="--to") from None
+    draft: Draft | None
+    with ctx.db.read() as session:
+        unfinished = delivery.unfinished_issue(session) if story_ids is None else None
+        unfinished_id = unfinished.id if unfinished is not None else None
+    if unfinished_id is not None:
+        draft = _existing(ctx, unfinished_id)
+    else:
+        try:
+            draft = _draft(ctx, story_ids, subject)
+        except AlreadySentToday as exc:
+            if exc.issue_id is None:
+                raise click.ClickException(str(exc)) from None
+            draft = _existing(ctx, exc.issue_id)
+    if draft is None:
+        console.print("Nothing new to send: no featured stories that have not gone out yet.")
+        return
+    built = build_single(ctx, address, "", draft.subject, draft.html, draft.text)
+    transport = open_transport(ctx.settings)
+    try:
+        outcome = transport.send(ctx.settings.from_email, address, built.data)
+    finally:
+        transport.close()
+    if outcome.outcome is not Outcome.SENT:
+        raise click.ClickException(f"the test copy to {address} was refused: {outcome.text}")
+    console.print(f"Test copy of “{draft.subject}” sent to {address} via {transport.description}.")
+    console.print("No subscriber was mailed and nothing was recorded.")
+
+
+@click.command("send")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Render and count, send and record nothing.")
+@click.option("--to", "to", metavar="EMAIL", help="Send one test copy to EMAIL only (no ledger).")
+@click.option(
+    "--story",
+    "stories",
+    multiple=True,
+    metavar="ID",
+    help="A manual issue of these stories (repeat, or comma-separate: --story 3,5).",
+)
+@click.option("--subject", help="Subject of a manual issue (default: the rendered one).")
+@pass_state
+def send_command(
+    state: AppState,
+    yes: bool,
+    dry_run: bool,
+    to: str | None,
+    stories: tuple[str, ...],
+    subject: str | None,
+) -> None:
+    """Send today's digest now (or a manual issue with --story).
+
+    An unfinished issue (interrupted, paused or with retries left) is resumed
+    instead of starting another. Exit codes: 0 done or nothing new, 1 failures
+    or deliveries still queued, 3 paused by a policy refusal (5.7.x), 75 another
+    process is sending.
+    """
+    ctx = state.ctx
+    story_ids = _parse_ids(stories)
+    if subject is not None and story_ids is None:
+        raise click.BadParameter("--subject goes with --story", param_hint="--subject")
+    if to is not None:
+        _send_test_copy(ctx, to, story_ids, subject)
+        return
+    with ctx.db.read() as session:
+        unfinished = delivery.unfinished_issue(session)
+        unfinished_id = unfinished.id if unfinished is not None else None
+        recipients = delivery.active_count(session)
+    via = open_transport_description(ctx)
+    if unfinished_id is not None:
+        _resume_instead(ctx, unfinished_id, yes=yes, dry_run=dry_run, new=story_ids is not None)
+        return
+    try:
+        draft = _draft(ctx, story_ids, subject)
+    except AlreadySentToday as exc:
+        console.print(f"Today's digest was already sent: {exc}. Nothing to do.")
+        return
+    if draft is None:
+        console.print("Nothing new to send: no featured stories that have not gone out yet.")
+        return
+    _show_draft(draft, recipients, via)
+    if dry_run:
+        console.print("[yellow]Dry run:[/yellow] nothing was sent or recorded.")
+        return
+    if recipients == 0:
+        console.print("No active subscribers: nothing to send (no issue was recorded).")
+        return
+    if not yes:
+        click.confirm(f"Send this to {recipients:,} subscribers?", abort=True)
+    issue_id = _create(ctx, story_ids, subject)
+    if issue_id is None:
+        console.print("Nothing new to send.")
+        return
+    run_issue(ctx, issue_id, "Sending", delivery.send_issue, finished_ok=True)
+
+
+def open_transport_description(ctx: Context) -> str:
+    settings = ctx.settings
+    if settings.smtp_url:
+        from ..transport import SMTPTarget
+
+        return f"{SMTPTarget.parse(settings.smtp_url)} ({settings.smtp_connections} connections)"
+    return f"Maildir outbox {settings.outbox}/ (no NEWSLETTER_SMTP_URL set)"
+
+
+def _create(ctx: Context, story_ids: list[int] | None, subject: str | None) -> int | None:
+    """Freeze and enqueue in one transaction (or pick up an issue another process made)."""
+    with ctx.db.write() as session:
+        other = delivery.unfinished_issue(session)
+        if other is not None:
+            console.print(f"Issue #{other.id} was started meanwhile: resuming it instead.")
+            return other.id
+        try:
+            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
+        except AlreadySentToday as exc:
+            console.print(f"Today's digest was already sent: {exc}.")
+            return None
+        if issue is None:
+            return None
+        count = delivery.enqueue(session, issue.id)
+        console.print(f"Issue #{issue.id} frozen and queued for {count:,} subscribers.")
+        return issue.id
+
+
+def _resume_instead(ctx: Context, issue_id: int, *, yes: bool, dry_run: bool, new: bool) -> None:
+    with ctx.db.read() as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        queued = _count(session, issue_id, DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
+        label, status, reason = issue.subject, issue.status, issue.status_reason
+    what = "a manual issue is not started" if new else "no new issue is started"
+    console.print(
+        f"Issue #{issue_id} “{label}” is unfinished ({status.value}, {queued:,} still queued): "
+        f"resuming it; {what}."
+    )
+    if status is IssueStatus.PAUSED:
+        console.print(f"[yellow]It was paused because the server said:[/yellow] {reason}")
+    if dry_run:
+        console.print("[yellow]Dry run:[/yellow] nothing was sent or recorded.")
+        return
+    if not yes:
+        click.confirm(f"Resume issue #{issue_id} for {queued:,} remaining recipients?", abort=True)
+    run_issue(ctx, issue_id, "Resuming", delivery.resume, finished_ok=True)
+
+
+def _count(session: Session, issue_id: int, *statuses: DeliveryStatus) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.issue_id == issue_id, Delivery.status.in_(statuses))
+        )
+        or 0
+    )
+
+
+COMMANDS: list[click.Command] = [send_command, issues_group]

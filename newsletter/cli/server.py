@@ -1,7 +1,42 @@
-"""CLI commands for this area (see DESIGN.md "Interfaces")."""
+"""``newsletter serve``: the public web app on waitress (never Flask's dev server)."""
 
 from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from . import AppState, SettingsError, pass_state
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker threads (requests served at once).",
+)
+@click.option(
+    "--trusted-proxy",
+    default=None,
+    metavar="IP",
+    help="Address of a reverse proxy whose X-Forwarded-For is believed (else it is ignored).",
+)
+@pass_state
+def serve_command(
+    state: AppState, host: str, port: int, threads: int, trusted_proxy: str | None
+) -> None:
+    """Serve subscribe/confirm/unsubscribe/archive pages (production WSGI server)."""
+    from ..web import create_app, serve
+    from ..webguard import InvalidLimit
+
+    try:
+        app = create_app(state.ctx)
+    except InvalidLimit as exc:
+        raise SettingsError(f"NEWSLETTER_WEB_RATE_*: {exc}") from None
+    click.echo(f"Serving {state.ctx.settings.site_name} on http://{host}:{port}/ (Ctrl+C to stop)")
+    serve(app, host=host, port=port, threads=threads, trusted_proxy=trusted_proxy)
+
+
+COMMANDS: list[click.Command] = [serve_command]

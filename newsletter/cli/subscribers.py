@@ -1,7 +1,218 @@
-"""CLI commands for this area (see DESIGN.md "Interfaces")."""
+"""``newsletter subscribers add | import | export | list | remove``.
+
+Each command is a thin shell over :mod:`newsletter.subscribers` / :mod:`newsletter.csvio`
+and owns its transaction.  Input problems are one-line ``Error:`` messages with a
+non-zero exit code; an import reports every rejected or skipped row with its line
+number on stderr and exits 1 when any row was rejected, having still imported the
+good ones.
+"""
 
 from __future__ import annotations
 
-import click
+import os
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import IO
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.orm import Session
+
+from .. import subscribers as subs
+from ..csvio import CsvError, CsvReport, apply_import, export_csv, parse_csv
+from ..models import SubscriberStatus
+from . import AppState, pass_state
+
+STATUS_CHOICE = click.Choice([s.value for s in SubscriberStatus], case_sensitive=False)
+
+
+def _address(value: str) -> str:
+    try:
+        return subs.normalise_email(value)
+    except subs.InvalidEmail as exc:
+        raise click.BadParameter(f"{value!r}: {exc.reason}", param_hint="EMAIL") from None
+
+
+@click.group("subscribers")
+def subscribers_group() -> None:
+    """Manage the list: add, import, export, list, remove."""
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="Display name (used in the To header).")
+@click.option("--confirmed", is_flag=True, help="Add as active (you vouch for consent).")
+@pass_state
+def add(state: AppState, email: str, name: str, confirmed: bool) -> None:
+    """Add EMAIL as pending (or active with --confirmed)."""
+    address = _address(email)
+    with state.ctx.db.write() as session:
+        before = subs.find(session, address)
+        old_status = before.status if before is not None else None
+        try:
+            subscriber = subs.add_subscriber(session, address, name, confirmed=confirmed)
+        except subs.Suppressed as exc:
+            raise click.ClickException(str(exc)) from None
+        status = subscriber.status.value
+    if old_status is None:
+        click.echo(f"added {address} ({status})")
+    elif old_status is not subscriber.status:
+        click.echo(f"{address} was {old_status.value}, now {status}")
+    else:
+        click.echo(f"{address} is already on the list ({status})")
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option("--confirmed", is_flag=True, help="Import as active (you vouch for consent).")
+@pass_state
+def import_(state: AppState, file: IO[bytes], confirmed: bool) -> None:
+    """Import subscribers from FILE.csv (a header row with an 'email' column).
+
+    'name' is optional; headers are case-insensitive. Rows are pending unless
+    --confirmed. Unsubscribed or bounced addresses are skipped, never
+    reactivated. Every rejected row is listed with its line number; the exit
+    code is 1 when any row was rejected (the valid rows are still imported).
+    """
+    label = getattr(file, "name", "FILE")
+    try:
+        parsed = parse_csv(file.read())  # validate before taking the write lock
+    except CsvError as exc:
+        raise click.ClickException(f"{label}: {exc}; nothing was imported") from None
+    with state.ctx.db.write() as session:
+        report = apply_import(session, parsed, confirmed=confirmed)
+    _print_report(report, confirmed)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _print_report(report: CsvReport, confirmed: bool) -> None:
+    tagged = [("rejected", p) for p in report.rejected] + [("skipped", p) for p in report.skipped]
+    for kind, problem in sorted(tagged, key=lambda item: item[1].line):
+        click.echo(f"{kind}: {problem}", err=True)
+    state = "active" if confirmed else "pending"
+    parts = [f"imported {report.added} new ({state} unless the file says otherwise)"]
+    if report.activated:
+        parts.append(f"{report.activated} activated")
+    if report.renamed:
+        parts.append(f"{report.renamed} renamed")
+    if report.suppressed:
+        parts.append(f"{report.suppressed} stored as unsubscribed/bounced")
+    parts.append(f"{report.unchanged} already up to date")
+    parts.append(f"{len(report.skipped)} skipped")
+    parts.append(f"{len(report.rejected)} rejected")
+    click.echo(", ".join(parts))
+
+
+@subscribers_group.command("export")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write to this file (default: stdout).",
+)
+@pass_state
+def export(state: AppState, output: Path | None) -> None:
+    """Write every subscriber as CSV: email,name,status,created_at,confirmed_at."""
+    with state.ctx.db.read() as session:
+        if output is None:
+            count = export_csv(session, sys.stdout)
+        else:
+            try:
+                count = _export_to_file(session, output)
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    if output is not None:
+        click.echo(f"exported {count} subscribers to {output}", err=True)
+
+
+def _export_to_file(session: Session, output: Path) -> int:
+    """Write via a temporary file and rename, so a failure never leaves half a file.
+
+    The file is created owner-only (mkstemp's 0600): it is a list of personal data.
+    """
+    directory = output.resolve().parent
+    fd, temp = tempfile.mkstemp(prefix=f".{output.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            count = export_csv(session, out)
+        os.replace(temp, output)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+@subscribers_group.command("list")
+@click.option("--status", type=STATUS_CHOICE, help="Only subscribers with this status.")
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="Show at most N (0 = all).")
+@pass_state
+def list_(state: AppState, status: str | None, limit: int) -> None:
+    """Print subscribers as a table, with a count."""
+    wanted = SubscriberStatus(status.lower()) if status else None
+    table = Table("ID", "Email", "Name", "Status", "Joined", "Confirmed", box=None)
+    with state.ctx.db.read() as session:  # read the rows before the session ends
+        rows = subs.list_subscribers(session, wanted, limit=limit or None)
+        counts = subs.count_by_status(session)
+        for s in rows:
+            table.add_row(
+                str(s.id),
+                Text(s.email),  # Text, not markup: a name like "[red]" prints as typed
+                Text(s.name),
+                s.status.value,
+                _day(s.created_at),
+                _day(s.confirmed_at),
+            )
+    out = sys.stdout
+    console = Console(file=out, width=None if out.isatty() else 200, highlight=False)
+    if rows:
+        console.print(table)
+    total = counts[wanted] if wanted else sum(counts.values())
+    label = f"{wanted.value} " if wanted else ""
+    summary = f"{total} {label}subscriber{'s' if total != 1 else ''}"
+    if not wanted:
+        summary += " (" + ", ".join(f"{n} {st.value}" for st, n in counts.items()) + ")"
+    if len(rows) < total:
+        summary += f"; showing {len(rows)}"
+    click.echo(summary)
+
+
+def _day(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M}" if value is not None else ""
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@click.option("--erase", is_flag=True, help="Delete all of this person's data (right to erasure).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before erasing.")
+@pass_state
+def remove(state: AppState, email: str, erase: bool, yes: bool) -> None:
+    """Unsubscribe EMAIL, keeping the row so the address stays suppressed.
+
+    With --erase, delete the subscriber and their delivery records instead. The
+    address is then unknown, so a later import could add it again.
+    """
+    address = _address(email)
+    if erase and not yes:
+        click.confirm(f"Erase every record of {address}? This cannot be undone", abort=True)
+    with state.ctx.db.write() as session:
+        try:
+            removal = subs.remove(session, address, erase=erase)
+        except subs.UnknownSubscriber as exc:
+            raise click.ClickException(str(exc)) from None
+    if removal.erased:
+        click.echo(
+            f"erased {removal.email} and {removal.deliveries_erased} delivery record(s); "
+            "the address is no longer suppressed"
+        )
+    elif removal.previous is SubscriberStatus.UNSUBSCRIBED:
+        click.echo(f"{removal.email} was already unsubscribed")
+    else:
+        click.echo(f"unsubscribed {removal.email} (kept, so the address stays suppressed)")
+
+
+COMMANDS: list[click.Command] = [subscribers_group]

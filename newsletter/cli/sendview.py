@@ -1,0 +1,199 @@
+"""What ``send`` and ``issues`` show: the progress bar, the summary table, exit codes.
+
+Kept apart from the commands so that ``send``, ``issues resume`` and
+``issues retry-failed`` report a run in exactly the same words.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ..context import Context
+from ..delivery import AlreadyFinished, IssueStateError, LeaseHeld, SendSummary
+from ..engine import Progress as SendProgress
+from ..models import DeliveryStatus, IssueStatus
+
+EXIT_FAILURES = 1  # the issue ended with failed deliveries or some still queued
+EXIT_PAUSED = 3  # a 5.7.x refusal paused the issue: fix the cause, then resume
+EXIT_BUSY = 75  # another process is sending this issue (EX_TEMPFAIL: try later)
+
+console = Console(highlight=False)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        rate = task.fields.get("rate", 0.0)
+        return Text(f"{rate:,.0f} msg/s", style="cyan")
+
+
+class Unfinished(click.ClickException):
+    """Failures, or deliveries still queued: ``Error: ...`` and exit code 1."""
+
+    exit_code = EXIT_FAILURES
+
+
+class Paused(click.ClickException):
+    """A 5.7.x refusal paused the issue: exit code 3."""
+
+    exit_code = EXIT_PAUSED
+
+
+class Busy(click.ClickException):
+    """Another process holds the issue's lease: exit code 75."""
+
+    exit_code = EXIT_BUSY
+
+
+@contextmanager
+def graceful_stop() -> Iterator[threading.Event]:
+    """Ctrl-C / SIGTERM finish the messages in flight and keep the rest queued.
+
+    A second Ctrl-C interrupts at once (still safe: rows left ``sending`` are
+    retried on resume).
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.default_int_handler(signum, frame)
+        stop.set()
+        console.print("[yellow]Stopping after the messages in flight…[/yellow]")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_with_progress(
+    label: str, action: Callable[[Callable[[SendProgress], None], threading.Event], SendSummary]
+) -> SendSummary:
+    """Run a send with a rich progress bar; translate lease/state errors to clear exits."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[green]{task.fields[sent]:,} sent[/green] [red]{task.fields[failed]:,} failed"),
+        _RateColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar, graceful_stop() as stop:
+        task = bar.add_task(label, total=None, sent=0, failed=0, rate=0.0)
+
+        def update(p: SendProgress) -> None:
+            rate = p.sent_this_run / p.elapsed if p.elapsed > 0 else 0.0
+            bar.update(
+                task,
+                total=p.total,
+                completed=p.done,
+                sent=p.sent,
+                failed=p.failed + p.bounced,
+                rate=rate,
+            )
+
+        try:
+            summary = action(update, stop)
+        except LeaseHeld as held:
+            raise Busy(
+                f"another process is sending this issue: pid {held.pid} on {held.host} "
+                f"(its lease runs until {held.expires_at:%H:%M:%S} UTC). Nothing was sent.",
+            ) from None
+        except AlreadyFinished:
+            raise
+        except IssueStateError as exc:
+            raise click.ClickException(str(exc)) from None
+        bar.update(task, total=summary.total, completed=summary.total - summary.left_queued)
+    return summary
+
+
+def run_issue(
+    ctx: Context,
+    issue_id: int,
+    label: str,
+    fn: Callable[..., SendSummary],
+    finished_ok: bool = False,
+) -> None:
+    """Run ``fn(ctx, issue_id, progress=..., stop=...)`` with the bar, then the summary.
+
+    ``finished_ok``: an issue another process finished meanwhile is fine (``send``).
+    """
+
+    def action(progress: Callable[[SendProgress], None], stop: threading.Event) -> SendSummary:
+        return fn(ctx, issue_id, progress=progress, stop=stop)
+
+    try:
+        summary = run_with_progress(f"{label} #{issue_id}", action)
+    except AlreadyFinished:
+        if not finished_ok:
+            raise click.ClickException(f"issue {issue_id} is already sent") from None
+        console.print(f"Issue #{issue_id} was finished by another process meanwhile.")
+        return
+    show_summary(summary)
+
+
+def show_summary(summary: SendSummary) -> None:
+    """The closing table, then exit non-zero if anything is not done."""
+    c = summary.counts
+    table = Table(title=f"Issue #{summary.issue_id}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    status_style = {"sent": "green", "paused": "red", "sending": "yellow"}.get(
+        summary.status.value, "white"
+    )
+    table.add_row("Subject", summary.subject)
+    table.add_row("Status", f"[{status_style}]{summary.status.value}[/{status_style}]")
+    table.add_row("Recipients", f"{summary.total:,}")
+    table.add_row("Sent", f"{c[DeliveryStatus.SENT]:,}")
+    table.add_row("Bounced (unknown address)", f"{c[DeliveryStatus.BOUNCED]:,}")
+    table.add_row("Failed", f"{c[DeliveryStatus.FAILED]:,}")
+    table.add_row("Skipped (left the list)", f"{c[DeliveryStatus.SKIPPED]:,}")
+    table.add_row("Still queued", f"{summary.left_queued:,}")
+    table.add_row("Sent this run", f"{summary.run.sent:,} in {summary.run.elapsed:.1f} s")
+    table.add_row("Rate", f"{summary.rate:,.0f} msg/s")
+    if summary.run.retries:
+        table.add_row("Temporary failures retried", f"{summary.run.retries:,}")
+    console.print(table)
+    if summary.status is IssueStatus.PAUSED:
+        raise Paused(
+            f"issue #{summary.issue_id} is PAUSED: the server said: {summary.reason}\n"
+            "This is a sending problem (policy/authentication), not the readers'. Fix it, then "
+            f"run: newsletter issues resume {summary.issue_id}",
+        )
+    if summary.left_queued:
+        when = (
+            f" (next retry planned {summary.next_retry:%H:%M:%S} UTC)" if summary.next_retry else ""
+        )
+        raise Unfinished(
+            f"{summary.left_queued:,} deliveries are still queued{when}: {summary.reason}\n"
+            f"Run: newsletter issues resume {summary.issue_id}",
+        )
+    if c[DeliveryStatus.FAILED]:
+        raise Unfinished(
+            f"{c[DeliveryStatus.FAILED]:,} deliveries failed permanently; see "
+            f"'newsletter issues show {summary.issue_id}', retry with "
+            f"'newsletter issues retry-failed {summary.issue_id}'",
+        )
+    console.print(f"[green]Issue #{summary.issue_id} is sent.[/green]")

@@ -1,0 +1,148 @@
+"""A reader's whole journey, in headless chromium, against real processes.
+
+``newsletter serve`` runs as a subprocess (waitress) on a temporary SQLite file; mail
+goes over SMTP to an aiosmtpd server in this test; ``newsletter stories import`` and
+``newsletter send`` run as subprocesses too.  Chromium (Debian's, through
+Playwright) subscribes, follows the confirmation link, and presses the unsubscribe
+button in the digest; the second send must skip the reader.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests._web_support import Served, link, start_serve, wait_for
+from tests.conftest import FEEDS, SMTPServer, start_smtp
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+READER = "journey.reader@example.com"
+OTHER = "other.reader@example.com"
+
+
+def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"newsletter {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result
+
+
+@pytest.fixture
+def smtp() -> Iterator[SMTPServer]:
+    server = start_smtp()
+    yield server
+    server.controller.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path, smtp: SMTPServer) -> Iterator[Served]:
+    served = start_serve(tmp_path, smtp.url)
+    yield served
+    assert served.stop() == 0, served.output
+    assert "Traceback" not in served.output, served.output
+
+
+def _db(tmp_path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(tmp_path / "served.db")
+
+
+def _status(tmp_path: Path, email: str) -> tuple[str, str | None]:
+    with _db(tmp_path) as conn:
+        row = conn.execute(
+            "SELECT status, consent_ip FROM subscribers WHERE email = ?", (email,)
+        ).fetchone()
+    assert row is not None, f"no subscriber {email}"
+    return row[0], row[1]
+
+
+def _mails_to(smtp: SMTPServer, email: str) -> list:  # type: ignore[type-arg]
+    return [m for m in list(smtp.messages) if email in m.rcpt_tos]
+
+
+def test_subscribe_confirm_receive_unsubscribe_in_chromium(
+    tmp_path: Path, smtp: SMTPServer, server: Served
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base, env = server.base, server.env
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+        # 1. Subscribe through the form.
+        page.goto(base + "/subscribe")
+        page.fill("#email", READER)
+        page.fill("#name", "Journey Reader")
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=Check your inbox")
+        assert _status(tmp_path, READER)[0] == "pending"
+
+        # 2. The confirmation email; its link confirms (the page submits itself).
+        wait_for(lambda: bool(_mails_to(smtp, READER)), timeout=20)
+        [confirmation] = _mails_to(smtp, READER)
+        confirm_url = link(confirmation.message, "confirm", base)
+        page.goto(confirm_url)
+        page.wait_for_selector("text=You're subscribed")
+        status, consent_ip = _status(tmp_path, READER)
+        assert status == "active" and consent_ip == "127.0.0.1"
+        assert not errors, errors  # e.g. a CSP violation would have blocked the auto-submit
+
+        # 3. A digest of featured stories, sent by the real command.
+        _cli(env, tmp_path, "stories", "import", str(FEEDS / "bbc.xml"), "--feature")
+        _cli(env, tmp_path, "send", "--yes")
+        wait_for(lambda: len(_mails_to(smtp, READER)) == 2, timeout=30)
+        digest = _mails_to(smtp, READER)[1].message
+        assert "List-Unsubscribe" in digest
+
+        # 4. Its unsubscribe link: a page with one button; pressing it unsubscribes.
+        page.goto(link(digest, "unsubscribe", base))
+        assert _status(tmp_path, READER)[0] == "active"  # opening the page changed nothing
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=You're unsubscribed")
+        assert _status(tmp_path, READER)[0] == "unsubscribed"
+        browser.close()
+
+    # 5. Another issue goes out (manual: today's digest is done): the reader is skipped.
+    _cli(env, tmp_path, "subscribers", "add", OTHER, "--confirmed")
+    with _db(tmp_path) as conn:
+        story_id = conn.execute("SELECT id FROM stories ORDER BY id LIMIT 1").fetchone()[0]
+    _cli(env, tmp_path, "send", "--story", str(story_id), "--yes")
+    wait_for(lambda: bool(_mails_to(smtp, OTHER)), timeout=30)
+    time.sleep(0.5)
+    assert len(_mails_to(smtp, READER)) == 2, "an unsubscribed reader got another issue"
+    with _db(tmp_path) as conn:
+        last_issue = conn.execute("SELECT max(id) FROM issues").fetchone()[0]
+        recipients = {
+            row[0]
+            for row in conn.execute(
+                "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id "
+                "WHERE d.issue_id = ? AND d.status = 'sent'",
+                (last_issue,),
+            )
+        }
+    assert recipients == {OTHER}
