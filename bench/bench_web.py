@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import inspect
 import os
 import re
 import shutil
@@ -34,7 +33,6 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,8 +207,6 @@ def main() -> int:
         NEWSLETTER_WEB_RATE_IP="100000000/1s",
         NEWSLETTER_WEB_RATE_ADDRESS="100000000/1s",
     )
-    if "strict" not in inspect.signature(parseaddr).parameters:
-        env.pop("NEWSLETTER_FROM")  # config.py needs a parseaddr this Python lacks
     sink: subprocess.Popen[bytes] | None = None
     if not args.outbox and Path(SMTP_SINK).exists():
         as_root = ["-u", "nobody"] if os.geteuid() == 0 else []

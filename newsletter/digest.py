@@ -27,7 +27,7 @@ from .render import render_issue
 from .stories import list_stories
 
 
-class AlreadySentToday(Exception):  # noqa: N818 - the name says what happened
+class AlreadySentToday(Exception):
     """Today's digest exists already; ``issue_id``/``digest_date`` say which one."""
 
     def __init__(self, digest_date: date, issue_id: int | None, status: str | None) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import re
+import unicodedata
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\u202a-\u202e\u2066-\u2069]")
 _SPACES = re.compile(r"\s+")
@@ -57,17 +58,28 @@ def _plain_ascii(value: str) -> bool:
 
 
 def encoded_words(value: str, max_bytes: int = WORD_BYTES) -> list[str]:
-    """``value`` as base64 UTF-8 encoded words, never splitting a character."""
+    """``value`` as base64 UTF-8 encoded words, never splitting a character.
+
+    A word break prefers the spot just after a space (the space stays inside the
+    earlier word): RFC 2047 decoders drop the whitespace between encoded words, so
+    the text must carry its own spaces.
+    """
     words: list[str] = []
-    chunk = bytearray()
+    chunk = ""
+    size = 0
     for char in value:
-        data = char.encode("utf-8")
-        if chunk and len(chunk) + len(data) > max_bytes:
-            words.append(_word(bytes(chunk)))
-            chunk.clear()
-        chunk += data
+        width = len(char.encode("utf-8"))
+        if chunk and size + width > max_bytes:
+            cut = chunk.rfind(" ") + 1
+            if cut <= 0 or cut == len(chunk):
+                cut = len(chunk)
+            words.append(_word(chunk[:cut].encode("utf-8")))
+            chunk = chunk[cut:]
+            size = len(chunk.encode("utf-8"))
+        chunk += char
+        size += width
     if chunk:
-        words.append(_word(bytes(chunk)))
+        words.append(_word(chunk.encode("utf-8")))
     return words
 
 
@@ -160,7 +172,9 @@ def address(display_name: str, email: str) -> str:
 def list_id(site_name: str, from_email: str) -> str:
     """The List-Id value ``Name <slug.domain>`` (RFC 2919): stable per list and domain."""
     local, _, domain = addr_spec(from_email).rpartition("@")
-    slug = _LIST_SLUG.sub("-", clean_header_text(site_name).lower()).strip("-")
+    folded = unicodedata.normalize("NFKD", clean_header_text(site_name).lower())
+    slug = _LIST_SLUG.sub("-", "".join(c for c in folded if not unicodedata.combining(c)))
+    slug = slug.strip("-")
     if not slug:
         slug = _LIST_SLUG.sub("-", local.lower()).strip("-") or "newsletter"
     shown = phrase(site_name)

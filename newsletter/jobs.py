@@ -72,7 +72,8 @@ class FeedsRun(Outcome):
     errors: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        text = f"polled {self.polled} feeds: {self.new} new stories, {self.unchanged} unchanged"
+        feeds = "feed" if self.polled == 1 else "feeds"
+        text = f"polled {self.polled} {feeds}: {self.new} new stories, {self.unchanged} unchanged"
         if self.errors:
             text += f", {len(self.errors)} failed ({'; '.join(self.errors)})"
         return text
@@ -204,7 +205,10 @@ def run_digest(
             return DigestRun(
                 day, "queued (stopping; upkeep sends it)", issue_id, queued, None, feeds
             )
-        summary = delivery.send_issue(ctx, issue_id, stop=stop)
+        try:
+            summary = delivery.send_issue(ctx, issue_id, stop=stop)
+        except delivery.LeaseHeld as exc:  # another process's upkeep got to it first
+            return DigestRun(day, f"queued ({exc})", issue_id, queued, None, feeds)
     return DigestRun(day, "sent" if summary.ok else "sending", issue_id, queued, summary, feeds)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import lxml.html
+import lxml.html  # type: ignore[import-untyped]  # no stubs; pyproject has no override
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from premailer import Premailer
 
@@ -162,7 +162,7 @@ def environments(templates_dir: Path) -> tuple[Environment, Environment]:
         "lstrip_blocks": True,
         "keep_trailing_newline": True,
     }
-    html_env = Environment(autoescape=True, **common)  # noqa: S701 - it IS on
+    html_env = Environment(autoescape=True, **common)
     text_env = Environment(autoescape=False, **common)  # noqa: S701 - plain text part
     return html_env, text_env
 
@@ -187,7 +187,7 @@ def _enforce_http_urls(html: str) -> str:
             del attrib[name]
         for name in [k for k in attrib if k.lower().startswith("on")]:
             del attrib[name]
-    body = lxml.html.tostring(doc, encoding="unicode", method="html")
+    body = str(lxml.html.tostring(doc, encoding="unicode", method="html"))
     return "<!DOCTYPE html>\n" + body
 
 

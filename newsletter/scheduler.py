@@ -155,7 +155,8 @@ def build_scheduler(
             ),
             args=[ctx, stop],
             id=FEEDS_JOB,
-            name=f"poll {len(settings.feeds)} feeds every {settings.feed_poll_minutes} min",
+            name=f"poll {_count(len(settings.feeds), 'feed')} every "
+            f"{settings.feed_poll_minutes} min, importing as featured",
             next_run_time=now,
             replace_existing=True,
         )
@@ -169,6 +170,10 @@ def build_scheduler(
         replace_existing=True,
     )
     return scheduler
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _digest_job(ctx: Context, trigger: DigestTrigger, stop: threading.Event | None) -> None:
@@ -360,6 +365,9 @@ class Timetable:
             try:
                 self._begin_term().start()
                 self._term_over.wait()
+            except Exception:  # e.g. the database went away: serve on, retry later
+                log.exception("timetable: could not run; retrying in %gs", self.renew_every)
+                self._closing.wait(self.renew_every)
             finally:
                 self._end_term()
             self._term_over.clear()

@@ -15,6 +15,10 @@ Routes (DESIGN.md "Web"), and the rules they keep:
 * No redirects at all, so there is nothing to turn into an open redirect.
 * The client IP is the WSGI ``REMOTE_ADDR``; ``serve(trusted_proxy=...)`` lets
   waitress rewrite it from X-Forwarded-For only for a named proxy.
+* Subscribe attempts are limited per client IP (``NEWSLETTER_WEB_RATE_IP``, default
+  20 per 10 minutes) and per target address (``NEWSLETTER_WEB_RATE_ADDRESS``,
+  default 3 per hour, so nobody can mail-bomb an address through us); see
+  ``webguard`` for why the counters live in the process.
 """
 
 from __future__ import annotations
@@ -134,12 +138,12 @@ def _routes(app: Flask, state: WebState) -> None:
     @app.get("/")
     @app.get("/subscribe")
     def subscribe_form() -> tuple[str, int]:
-        return page("subscribe.html", email="", name="", error=None)
+        return page("subscribe.html", email="", name="", error=None, reason=None)
 
     @app.post("/subscribe")
     def subscribe() -> tuple[str, int]:
         if not csrf_valid():
-            return page("subscribe.html", 400, email="", name="", error="csrf")
+            return page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
         if not state.limits.per_ip.hit(f"ip:{_client_ip()}"):
             return error_page(429)
         if request.form.get(HONEYPOT_FIELD, "").strip():
@@ -150,8 +154,11 @@ def _routes(app: Flask, state: WebState) -> None:
         raw_name = request.form.get("name", "")[:512]
         try:
             email = subs.normalise_email(raw_email)
-        except subs.InvalidEmail:
-            return page("subscribe.html", 400, email=raw_email, name=raw_name, error="email")
+        except subs.InvalidEmail as exc:
+            return page(
+                "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
+                reason=exc.reason,
+            )  # fmt: skip
         if not state.limits.per_address.hit(f"addr:{email}"):
             return error_page(429)
         name = subs.clean_name(raw_name)

@@ -9,21 +9,62 @@ from __future__ import annotations
 
 import base64
 import email
+import email.header
 import email.policy
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
+from conftest import FEEDS as FEEDS_DIR
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from newsletter.config import load_settings
 from newsletter.context import Context
+from newsletter.digest import build_issue
 from newsletter.models import Story
 from newsletter.stories import import_sources
 
-from conftest import FEEDS as FEEDS_DIR
 GOOD_FEEDS = ("bbc.xml", "theguardian.xml", "nytimes.xml", "elmundo.xml", "cnn.xml")
+
+
+def base_env(folder: Path) -> dict[str, str]:
+    """The same settings as conftest's ``env`` fixture, for module-scoped contexts."""
+    return {
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{folder / 'subscribers.db'}",
+        "NEWSLETTER_OUTBOX": str(folder / "outbox"),
+        "NEWSLETTER_FROM": "The Daily Digest <news@example.com>",
+        "NEWSLETTER_BASE_URL": "https://news.example.com",
+        "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
+        "NEWSLETTER_POSTAL_ADDRESS": "1 Fleet Street, London EC4Y 1AA",
+        "NEWSLETTER_SITE_NAME": "The Daily Digest",
+    }
+
+
+def open_ctx(folder: Path, **overrides: str) -> Context:
+    return Context.open(load_settings({**base_env(folder), **overrides}, dotenv_path=None))
+
+
+@dataclass(frozen=True)
+class FrozenIssue:
+    ctx: Context
+    issue_id: int
+    subject: str
+    html: str
+    text: str
+
+
+def fixture_digest(ctx: Context, stories: int = 10) -> FrozenIssue:
+    """Import the fixture feeds, feature the newest dated stories, build today's digest."""
+    import_fixture_feeds(ctx)
+    feature_dated(ctx, stories)
+    with ctx.db.write() as session:
+        issue = build_issue(session, ctx)
+        assert issue is not None
+        return FrozenIssue(ctx, issue.id, issue.subject, issue.html, issue.text)
 
 
 def import_fixture_feeds(ctx: Context, names: Sequence[str] = GOOD_FEEDS) -> list[int]:
@@ -80,7 +121,21 @@ def parse_strict(data: bytes) -> EmailMessage:
 def part_text(msg: EmailMessage, subtype: str) -> str:
     body = msg.get_body((subtype,))
     assert isinstance(body, EmailMessage)
-    return str(body.get_content())
+    return str(body.get_content()).replace("\r\n", "\n")
+
+
+def decoded_to_name(data: bytes) -> str:
+    """The To display name decoded the RFC 2047 way (whitespace between encoded words dropped).
+
+    Python's address parser puts a space between adjacent encoded words, which RFC
+    2047 decoders (mail clients) do not, so long names are checked this way.
+    """
+    raw = email.message_from_bytes(data, policy=email.policy.compat32)["To"]
+    assert isinstance(raw, str)
+    phrase = raw.rpartition("<")[0].strip() if "<" in raw else ""
+    if phrase.startswith('"') and phrase.endswith('"'):
+        return phrase[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return str(email.header.make_header(email.header.decode_header(phrase)))
 
 
 # --- RSA keys for DKIM, pure Python -------------------------------------------------

@@ -84,20 +84,10 @@ def without_nonces(html: str) -> str:
 
 
 def web_settings(env: dict[str, str], **overrides: str) -> Any:
-    """Settings for a web test.
-
-    Works around config.py calling ``parseaddr(strict=True)``, which Python 3.11.7
-    lacks: there, NEWSLETTER_FROM is left out (the default From is used).
-    """
-    import inspect
-    from email.utils import parseaddr
-
+    """Settings for a web test: conftest's ``env`` plus overrides, no ``.env`` file."""
     from newsletter.config import load_settings
 
-    values = {**env, **overrides}
-    if "strict" not in inspect.signature(parseaddr).parameters:
-        values.pop("NEWSLETTER_FROM", None)
-    return load_settings(values, dotenv_path=None)
+    return load_settings({**env, **overrides}, dotenv_path=None)
 
 
 @dataclass
@@ -172,11 +162,6 @@ def process_env(tmp_path: Path, smtp_url: str, port: int, **extra: str) -> dict[
         "NEWSLETTER_FROM": "The Daily Digest <news@example.com>",
         **extra,
     }
-    import inspect
-    from email.utils import parseaddr
-
-    if "strict" not in inspect.signature(parseaddr).parameters:
-        values.pop("NEWSLETTER_FROM")  # config.py needs a parseaddr this Python lacks
     env.update(values)
     return env
 

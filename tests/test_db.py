@@ -51,12 +51,6 @@ TABLES = {
 
 
 @pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
-    """Conftest's settings minus NEWSLETTER_FROM (see tests/test_config.py's FROM tests)."""
-    return {k: v for k, v in env.items() if k != "NEWSLETTER_FROM"}
-
-
-@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "subscribers.db"
 

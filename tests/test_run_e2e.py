@@ -43,12 +43,6 @@ FEED = FEEDS / "bbc.xml"
 
 
 @pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:  # TEMP until config.py parseaddr fix
-    env.pop("NEWSLETTER_FROM", None)
-    return env
-
-
-@pytest.fixture
 def feed_url() -> Iterator[str]:
     with serve_directory(FEEDS) as base:
         yield f"{base}/{FEED.name}"
@@ -105,7 +99,7 @@ def test_run_sends_the_digest_serves_the_web_app_and_stops_cleanly(
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.log
     log = proc.log
-    assert "SIGTERM received" in log, log
+    assert "web app stopped; stopping the timetable" in log, log
     assert "timetable stopped; lease released" in log
     assert "Traceback" not in log, log
 

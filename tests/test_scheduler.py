@@ -14,13 +14,16 @@ import itertools
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
 from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.triggers.interval import IntervalTrigger
+from click.testing import CliRunner
 
+from newsletter.cli import main
 from newsletter.config import ConfigError, Settings
 from newsletter.context import Context
 from newsletter.scheduler import (
@@ -39,13 +42,6 @@ from newsletter.triggers import (
     is_repeated_wall_time,
     most_recent_fire,
 )
-
-
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:  # TEMP until config.py parseaddr fix
-    env.pop("NEWSLETTER_FROM", None)
-    return env
-
 
 NEW_YORK = "America/New_York"
 LONDON = "Europe/London"
@@ -276,3 +272,36 @@ def test_real_scheduler_fires_digest_at_7_local_on_dst_day(
     (run_time,) = event.scheduled_run_times
     assert run_time == local(NEW_YORK, 2026, 3, 8, 7)
     assert run_time.utcoffset() == timedelta(hours=-4)
+
+
+def test_schedule_list_prints_local_times(cli_env: dict[str, str], monkeypatch: Any) -> None:
+    monkeypatch.setenv("NEWSLETTER_TIMEZONE", NEW_YORK)
+    monkeypatch.setenv("NEWSLETTER_DIGEST_CRON", "0 7 * * 1-5")
+    monkeypatch.setenv("NEWSLETTER_FEEDS", "http://127.0.0.1:9/featured.xml")
+    with time_machine.travel(local(NEW_YORK, 2026, 3, 6, 12), tick=False):  # a Friday
+        result = CliRunner().invoke(main, ["schedule", "--list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("digest  next 2026-03-09 07:00:00 EDT (Mon)")
+    assert lines[1].startswith("feeds   at start-up, then at the interval")
+    assert "poll 1 feed every 15 min" in lines[1]
+    assert lines[2].startswith("upkeep  at start-up")
+    assert lines[3] == "timetable: not running (the lease is free)"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("NEWSLETTER_DIGEST_CRON_SECOND", "75"), ("NEWSLETTER_SCHEDULER_LEASE_TTL", "soon")],
+)
+@pytest.mark.parametrize("command", [["schedule"], ["schedule", "--list"], ["run"]])
+def test_bad_timetable_settings_are_one_line_errors(
+    cli_env: dict[str, str], monkeypatch: Any, variable: str, value: str, command: list[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, command)
+    if command == ["schedule", "--list"] and variable.endswith("LEASE_TTL"):
+        assert result.exit_code == 0  # listing takes no lease
+        return
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {variable.removesuffix('_SECOND')}")
+    assert "Traceback" not in result.output

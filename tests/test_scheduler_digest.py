@@ -34,12 +34,6 @@ LONDON = ZoneInfo("Europe/London")
 DAY = date(2026, 3, 29)
 
 
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:  # TEMP until config.py parseaddr fix
-    env.pop("NEWSLETTER_FROM", None)
-    return env
-
-
 def at(hour: int, minute: int = 0, second: int = 0, day: date = DAY) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=LONDON)
 

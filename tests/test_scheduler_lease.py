@@ -31,12 +31,6 @@ TTL = 0.9  # seconds; renewed every 0.3 s
 
 
 @pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:  # TEMP until config.py parseaddr fix
-    env.pop("NEWSLETTER_FROM", None)
-    return env
-
-
-@pytest.fixture
 def lctx(make_settings: Callable[..., Settings]) -> Iterator[Context]:
     context = Context.open(make_settings(NEWSLETTER_SCHEDULER_LEASE_TTL=str(TTL)))
     yield context
@@ -128,7 +122,7 @@ def test_takeover_after_the_holder_is_killed(env: dict[str, str], tmp_path: Path
     """Real processes.  `schedule` A holds the lease; `schedule` B is refused and names
     A; `run` R serves the web app on standby.  A is SIGKILLed: its lease blocks
     everyone until it expires, then R takes the timetable over.  R is SIGKILLed in
-    turn and a `schedule` D started after R's lease expired takes over; SIGTERM
+    turn and a `schedule` D started after R's lease expired takes over; SIGINT
     stops D with exit code 0 and releases the lease."""
     ttl = 3.0
     penv = {**env, "NEWSLETTER_SCHEDULER_LEASE_TTL": str(ttl)}
@@ -172,8 +166,9 @@ def test_takeover_after_the_holder_is_killed(env: dict[str, str], tmp_path: Path
             row = lease_row(ctx)
             assert row is not None and row.pid == d.pid
 
-            d.signal(signal.SIGTERM)
+            d.signal(signal.SIGINT)  # Ctrl+C stops as cleanly as SIGTERM
             assert d.wait(30) == 0, d.log
+            assert "SIGINT received: stopping" in d.log
             assert lease_row(ctx) is None
     finally:
         ctx.close()

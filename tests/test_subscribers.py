@@ -28,16 +28,6 @@ from newsletter.models import (
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
-    """Conftest's settings minus NEWSLETTER_FROM, which subscribers never use.
-
-    (config.py calls ``parseaddr(strict=True)``, which Python 3.11.7 lacks; this
-    keeps these tests about subscribers. See tests/test_config.py.)
-    """
-    return {k: v for k, v in env.items() if k != "NEWSLETTER_FROM"}
-
-
 # --- addresses -------------------------------------------------------------------
 
 

@@ -19,12 +19,6 @@ from newsletter.context import Context
 from newsletter.models import Subscriber, SubscriberStatus
 
 
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
-    """Conftest's settings minus NEWSLETTER_FROM (see tests/test_subscribers.py)."""
-    return {k: v for k, v in env.items() if k != "NEWSLETTER_FROM"}
-
-
 def run(*args: str, input: str | bytes | None = None) -> Result:
     return CliRunner().invoke(main, ["subscribers", *args], input=input, catch_exceptions=False)
 

@@ -20,12 +20,6 @@ from newsletter.csvio import CsvError, apply_import, csv_safe, export_csv, parse
 from newsletter.models import Subscriber, SubscriberStatus
 
 
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
-    """Conftest's settings minus NEWSLETTER_FROM (see tests/test_subscribers.py)."""
-    return {k: v for k, v in env.items() if k != "NEWSLETTER_FROM"}
-
-
 def rows(ctx: Context) -> dict[str, tuple[str, SubscriberStatus]]:
     with ctx.db.read() as session:
         return {

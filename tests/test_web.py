@@ -66,6 +66,9 @@ def test_new_address_gets_pending_row_and_confirmation_email(web: Web) -> None:
     mails = web.mails_to("reader@example.com")
     assert len(mails) == 1
     msg = mails[0].message
+    assert mails[0].envelope_from == "news@example.com"
+    assert msg["From"].addresses[0].addr_spec == "news@example.com"
+    assert "List-Unsubscribe" not in msg  # not subscribed yet: nothing to leave
     assert "Bcc" not in msg  # the CR/LF in the name started no header
     [to] = msg["To"].addresses
     assert to.addr_spec == "reader@example.com" and to.display_name == "Ada Bcc: x@evil.test"
@@ -299,3 +302,13 @@ def test_smtp_refusal_is_logged_not_shown(
     finally:
         ctx.close()
         server.controller.stop()
+
+
+def test_bad_input_is_echoed_escaped_with_the_reason(web: Web) -> None:
+    hostile = '"><script>alert(1)</script>'
+    resp = subscribe(web.client(), hostile, name="<b>Bo</b>")
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert "<script>alert" not in html and "<b>Bo</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;Bo&lt;/b&gt;" in html
+    assert "@-sign" in subscribe(web.client(), "not-an-email", ip="192.0.2.1").text

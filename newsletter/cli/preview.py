@@ -94,9 +94,7 @@ def factory_domain(ctx: Context) -> str:
 @click.option("--open", "open_browser", is_flag=True, help="Open the result in a browser.")
 @click.option("--name", default="", help="Greet the sample reader by this name.")
 @pass_state
-def preview(
-    state: AppState, output: Path | None, eml: bool, open_browser: bool, name: str
-) -> None:
+def preview(state: AppState, output: Path | None, eml: bool, open_browser: bool, name: str) -> None:
     """Write the next digest as a subscriber would get it, without sending or recording it."""
     ctx = state.ctx
     try:

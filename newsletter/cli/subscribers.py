@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import IO
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
@@ -154,23 +155,20 @@ def _export_to_file(session: Session, output: Path) -> int:
 def list_(state: AppState, status: str | None, limit: int) -> None:
     """Print subscribers as a table, with a count."""
     wanted = SubscriberStatus(status.lower()) if status else None
-    table = Table("ID", "Email", "Name", "Status", "Joined", "Confirmed", box=None)
     with state.ctx.db.read() as session:  # read the rows before the session ends
-        rows = subs.list_subscribers(session, wanted, limit=limit or None)
-        counts = subs.count_by_status(session)
-        for s in rows:
-            table.add_row(
+        rows = [
+            (
                 str(s.id),
-                Text(s.email),  # Text, not markup: a name like "[red]" prints as typed
-                Text(s.name),
+                s.email,
+                s.name,
                 s.status.value,
                 _day(s.created_at),
                 _day(s.confirmed_at),
             )
-    out = sys.stdout
-    console = Console(file=out, width=None if out.isatty() else 200, highlight=False)
-    if rows:
-        console.print(table)
+            for s in subs.list_subscribers(session, wanted, limit=limit or None)
+        ]
+        counts = subs.count_by_status(session)
+    _print_table(rows)
     total = counts[wanted] if wanted else sum(counts.values())
     label = f"{wanted.value} " if wanted else ""
     summary = f"{total} {label}subscriber{'s' if total != 1 else ''}"
@@ -179,6 +177,33 @@ def list_(state: AppState, status: str | None, limit: int) -> None:
     if len(rows) < total:
         summary += f"; showing {len(rows)}"
     click.echo(summary)
+
+
+HEADERS = ("ID", "Email", "Name", "Status", "Joined", "Confirmed")
+TABLE_CHUNK = 1000
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    """A rich table, printed in chunks of fixed-width columns.
+
+    Rich lays a table out as a whole, which grows faster than linearly (100,000
+    rows took 90 s); chunks of 1,000 with the column widths measured once over
+    every row print the same aligned table in a couple of seconds.  Cells are
+    ``Text``, not markup, so a name like ``[red]`` prints as typed.  Piped output
+    is as wide as the widest row, so nothing is cut off in a file.
+    """
+    if not rows:
+        return
+    widths = [max(cell_len(h), *(cell_len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
+    out = sys.stdout
+    width = None if out.isatty() else max(80, sum(widths) + 2 * len(widths))
+    console = Console(file=out, width=width, highlight=False)
+    for start in range(0, len(rows), TABLE_CHUNK):
+        columns = [Column(h, width=w, no_wrap=True) for h, w in zip(HEADERS, widths, strict=True)]
+        table = Table(*columns, box=None, show_header=start == 0)
+        for row in rows[start : start + TABLE_CHUNK]:
+            table.add_row(*(Text(cell) for cell in row))
+        console.print(table)
 
 
 def _day(value: datetime | None) -> str:

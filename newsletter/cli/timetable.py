@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 import click
 
 from .. import lease
+from ..config import ConfigError
+from ..context import Context
 from ..scheduler import LEASE_NAME, LeaseLost, Timetable, planned_jobs
-from . import AppState, pass_state
+from . import AppState, SettingsError, pass_state
 
 log = logging.getLogger("newsletter.scheduler")
 
@@ -34,11 +36,14 @@ def _log_job_runs() -> None:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def _stop_on_signals() -> Iterator[Callable[[], None]]:
     """Turn the first SIGTERM/SIGINT into KeyboardInterrupt in the main thread.
 
     Only the main thread can be interrupted, which is where the blocking scheduler
-    and waitress run, and both end cleanly on KeyboardInterrupt.
+    and waitress run, and both end cleanly on KeyboardInterrupt.  Yields a function
+    that puts the handlers back: ``web.serve`` installs its own SIGTERM handler, and
+    once it has returned ours must be in place again so that a second signal during
+    the shutdown cannot cut the current batch short.
     """
     received: list[str] = []
 
@@ -51,17 +56,36 @@ def _stop_on_signals() -> Iterator[None]:
         log.warning("%s received: stopping (a send in progress finishes its current batch)", name)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def install() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+    def stopping() -> None:  # the web app stopped, whoever caught the signal
+        received.append("stop")
+        install()
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    install()
     try:
-        yield
+        yield stopping
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
+def _timetable(ctx: Context, blocking: bool) -> Timetable:
+    try:
+        return Timetable(ctx, blocking=blocking)
+    except ConfigError as exc:  # the timetable's own settings are checked here
+        raise SettingsError(str(exc)) from None
+
+
 def _print_plan(state: AppState) -> None:
     ctx = state.ctx
-    plan = planned_jobs(ctx)
+    try:
+        plan = planned_jobs(ctx)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
     width = max(len(job.id) for job in plan)
     for job in plan:
         if job.next_run is not None:
@@ -101,7 +125,7 @@ def schedule_command(state: AppState, list_only: bool) -> None:
         return
     ctx = state.ctx
     _log_job_runs()
-    timetable = Timetable(ctx, blocking=True)
+    timetable = _timetable(ctx, blocking=True)
     with _stop_on_signals():
         try:
             timetable.run_blocking()
@@ -146,9 +170,9 @@ def run_command(
 
     ctx = state.ctx
     _log_job_runs()
+    timetable = _timetable(ctx, blocking=False)
     app = create_app(ctx)
-    timetable = Timetable(ctx, blocking=False)
-    with _stop_on_signals():
+    with _stop_on_signals() as stopping:
         timetable.start_background()
         try:
             log.info("web app: serving on http://%s:%d/", host, port)
@@ -158,6 +182,8 @@ def run_command(
         except OSError as exc:
             raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
         finally:
+            stopping()
+            log.info("web app stopped; stopping the timetable")
             timetable.close()
 
 
