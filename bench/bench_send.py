@@ -217,7 +217,10 @@ def main() -> None:
             f"message size: {bare['size']:,.0f} bytes; {conns} connections; sink "
             f"{'with' if not args.no_pipelining else 'without'} PIPELINING"
         )
-        print(f"bare smtplib loop:  {bare_rate:8,.0f} msg/s ({bare['sent']:,.0f} in {bare['elapsed']:.1f} s)")
+        print(
+            f"bare smtplib loop:  {bare_rate:8,.0f} msg/s "
+            f"({bare['sent']:,.0f} in {bare['elapsed']:.1f} s)"
+        )
         print(
             f"newsletter engine:  {engine['rate']:8,.0f} msg/s "
             f"({engine['sent']:,.0f} in {engine['elapsed']:.1f} s, ledger included)"

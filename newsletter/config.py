@@ -121,6 +121,20 @@ def _from(value: str) -> tuple[str, str]:
     return name, addr
 
 
+def _database_url(value: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value)
+    except ArgumentError:
+        raise ConfigError(
+            f"{PREFIX}DATABASE_URL: expected a database URL such as "
+            "sqlite:///subscribers.db, got a value SQLAlchemy cannot parse"
+        ) from None
+    return value
+
+
 def _smtp_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
@@ -188,7 +202,7 @@ def load_settings(
 
     kwargs: dict[str, object] = {}
     if (v := get("DATABASE_URL")) is not None:
-        kwargs["database_url"] = v
+        kwargs["database_url"] = _database_url(v)
     if (v := get("SMTP_URL")) is not None:
         kwargs["smtp_url"] = _smtp_url(v)
     if (v := get("OUTBOX")) is not None:

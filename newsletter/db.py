@@ -123,12 +123,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only unit of work (deferred transaction, never committed)."""
+        """A read-only unit of work (deferred transaction, never committed).
+
+        Closing the session ends the transaction without expiring loaded objects,
+        so callers may still read attributes after the block.
+        """
         with self._read() as session:
-            try:
-                yield session
-            finally:
-                session.rollback()
+            yield session
 
     def session(self) -> Session:
         """A bare write-mode session for loops that commit as they go (delivery)."""

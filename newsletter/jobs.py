@@ -3,7 +3,7 @@
 Each job is a plain function of the Context (and a ``stop`` event) that returns an
 outcome object, so tests can drive it at a chosen instant without a scheduler and
 assert on counts; :func:`logged` wraps it for the scheduler and writes the one log
-line per run ("digest: sent issue 4 for 2026-03-08: 250 queued, 250 sent ...").
+line per run ("digest: sent for 2026-03-08: issue 4, 250 queued, sent: 250 sent, ...").
 
 The jobs own their transactions (``ctx.db.write()``), like the CLI does: domain
 functions never commit.  The once-a-day rule does not live here: ``issues.digest_date``

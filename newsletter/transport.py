@@ -8,8 +8,9 @@ SendOutcome`` plus ``close()``:
   STARTTLS whenever the server offers it, ``smtps://`` is TLS from the first byte;
   certificates are always verified.  A dropped connection or a 421 closes that
   connection and the next message opens a fresh one.
-* :class:`MaildirOutbox`, when no SMTP URL is set: one standard message file per email
-  that any mail client opens.  This is the embedded default used by ``newsletter demo``.
+* :class:`newsletter.outbox.MaildirOutbox`, when no SMTP URL is set: one standard
+  message file per email that any mail client opens.  This is the embedded default
+  used by ``newsletter demo``.
 
 Every SMTP reply is classified once, here (:func:`classify`), so the ledger only ever
 deals with five outcomes: sent / retry / bounce / policy / failed.
@@ -26,14 +27,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import mailbox
 import re
 import smtplib
 import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -375,40 +374,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class MaildirOutbox:
-    """A Maildir (``new/`` holds one RFC 5322 file per message), for demos and dry runs.
-
-    Files use LF line endings as Maildir tools expect; ``Return-Path`` and
-    ``Delivered-To`` are prepended, as a local delivery agent would, so the
-    envelope is visible in any mail client.
-    """
-
-    concurrency = 1
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.description = f"Maildir {path}"
-        self._box = mailbox.Maildir(str(path), factory=None, create=True)
-        self._lock = threading.Lock()
-
-    def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
-        if "\r" in recipient or "\n" in recipient or "\r" in envelope_from or "\n" in envelope_from:
-            return SendOutcome(Outcome.FAILED, None, "control characters in an address")
-        trace = f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode()
-        body = (trace + data).replace(b"\r\n", b"\n")
-        try:
-            with self._lock:
-                key = self._box.add(body)
-        except OSError as exc:
-            return SendOutcome(Outcome.RETRY, None, f"writing to {self.path}: {exc}")
-        return SendOutcome(Outcome.SENT, 250, f"saved as {key}")
-
-    def close(self) -> None:
-        self._box.close()
-
-
 def open_transport(settings: Settings) -> Transport:
     """The SMTP pool for ``NEWSLETTER_SMTP_URL``, else the Maildir outbox."""
     if settings.smtp_url:
         return SMTPPool(settings, settings.smtp_url)
+    from .outbox import MaildirOutbox
+
     return MaildirOutbox(settings.outbox)

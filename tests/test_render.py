@@ -47,7 +47,7 @@ def test_digest_html_from_fixture_feeds(frozen: FrozenIssue) -> None:
     doc = lxml.html.document_fromstring(html)
     # Inlined once by premailer; the media queries stay in a <style> block.
     styles = " ".join(s.text_content() for s in doc.iter("style"))
-    assert "@media screen and (max-width: 620px)" in styles
+    assert "@media screen and (max-width: 599px)" in styles
     assert "prefers-color-scheme: dark" in styles and "!important" in styles
     assert doc.xpath("//meta[@name='color-scheme']")
     assert all("style" in td.attrib for td in doc.iter("td") if td.get("class"))

@@ -19,10 +19,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 from apscheduler.events import EVENT_JOB_EXECUTED
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from newsletter import jobs
-from newsletter.config import Settings
+from newsletter.cli import main
+from newsletter.config import Settings, load_settings
 from newsletter.context import Context
 from newsletter.models import Issue, IssueKind, IssueStatus
 from newsletter.scheduler import DIGEST_JOB, UPKEEP_JOB, build_scheduler, missed_digest
@@ -137,7 +139,11 @@ def test_one_digest_per_day_whatever_runs(
 def test_two_timetables_racing_the_same_morning_send_once(
     make_ctx: Callable[..., Context], smtp_server: SMTPServer
 ) -> None:
-    """Two processes (two Contexts, two engines on one database file) fire at 07:00."""
+    """Two timetables (two Contexts, two engines on one database file) fire at 07:00.
+
+    Whoever's write transaction comes second (BEGIN IMMEDIATE queues them) finds
+    the day's digest and stands down; the unique ``digest_date`` backs that up.
+    """
     first, second = make_ctx(), make_ctx()
     readers = add_readers(first, 4)
     add_featured(first, 2)
@@ -265,3 +271,23 @@ def test_the_day_comes_from_the_scheduled_time(make_ctx: Callable[..., Context])
     assert (day, fire) == (DAY, at(23, 55))
     day, fire = jobs.digest_day(ctx, trigger, at(12, 0))  # by hand, no run due
     assert day == DAY and fire == at(12, 0)
+
+
+def test_newsletter_send_after_the_scheduled_digest_sends_nothing_more(
+    cli_env: dict[str, str], smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timetable's digest went out this morning; an editor then runs `newsletter send`."""
+    monkeypatch.setenv("NEWSLETTER_SMTP_URL", smtp_server.url)
+    ctx = Context.open(load_settings(dotenv_path=None))
+    try:
+        readers = add_readers(ctx, 3)
+        add_featured(ctx, 2)
+        assert jobs.run_digest(ctx, digest_trigger(ctx.settings)).outcome == "sent"
+        add_featured(ctx, 1, tag="late")
+        result = CliRunner().invoke(main, ["send", "--yes"])
+        assert result.exit_code == 0, result.output
+        assert "already sent" in result.output
+        assert len(digests(ctx)) == 1
+        assert per_reader(smtp_server) == dict.fromkeys(readers, 1)
+    finally:
+        ctx.close()

@@ -179,3 +179,17 @@ def test_upkeep_leaves_deferred_rows_until_they_are_due(
     run = jobs.run_upkeep(sctx, now=utcnow() + timedelta(minutes=6))
     assert [s.issue_id for s in run.resumed] == [issue_id]
     assert len(smtp_server.messages) == 2
+
+
+def test_a_failing_job_is_one_error_line_and_the_timetable_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> jobs.Outcome:
+        raise RuntimeError("database is on fire")
+
+    caplog.set_level(logging.INFO, logger="newsletter.scheduler")
+    assert jobs.logged("upkeep", broken) is None
+    (record,) = [r for r in caplog.records if r.name == "newsletter.scheduler"]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.getMessage().startswith("upkeep: failed after ")
+    assert record.getMessage().endswith("database is on fire")

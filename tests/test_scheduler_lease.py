@@ -66,13 +66,13 @@ def test_schedule_refuses_and_names_the_holder(cli_env: dict[str, str], tmp_path
 
 
 def test_background_timetable_stands_by_then_takes_over(lctx: Context) -> None:
-    hold_elsewhere(lctx, 1.0)
+    hold_elsewhere(lctx, 2.5)
     timetable = Timetable(lctx, blocking=False)
     timetable.start_background()
     try:
-        time.sleep(0.5)
+        time.sleep(1.0)
         assert not timetable.running  # the web app would be serving meanwhile
-        wait_for(lambda: timetable.running, 5, "the takeover after the lease expired")
+        wait_for(lambda: timetable.running, 8, "the takeover after the lease expired")
         row = lease_row(lctx)
         assert row is not None and row.pid == timetable.holder.pid
         assert row.holder == timetable.holder.token
@@ -86,12 +86,12 @@ def test_a_lost_lease_stops_the_jobs_and_goes_back_to_standby(lctx: Context) -> 
     timetable.start_background()
     try:
         wait_for(lambda: timetable.running, 5, "the timetable to start")
-        hold_elsewhere(lctx, 1.5)  # e.g. we were frozen longer than the TTL
+        hold_elsewhere(lctx, 3.0)  # e.g. we were frozen longer than the TTL
         wait_for(lambda: not timetable.running, 5, "the jobs to stop")
         assert timetable.stop.is_set()  # a send in progress was told to stop
         row = lease_row(lctx)
         assert row is not None and row.pid == OTHER.pid  # their lease is left alone
-        wait_for(lambda: timetable.running, 6, "the takeover once theirs expired")
+        wait_for(lambda: timetable.running, 8, "the takeover once theirs expired")
     finally:
         timetable.close()
 

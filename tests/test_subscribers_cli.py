@@ -256,3 +256,23 @@ def test_help_lists_every_subcommand(cli_env: dict[str, str]) -> None:
     result = run("--help")
     for name in ("add", "import", "export", "list", "remove"):
         assert f"  {name} " in result.stdout
+
+
+def test_big_lists_print_the_same_columns_without_rich(
+    cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from newsletter.cli import subscribers as cli_subscribers
+
+    path = tmp_path / "many.csv"
+    path.write_text(
+        "email,name\n" + "".join(f"r{i}@example.com,Reader 李 {i}\n" for i in range(5)),
+        encoding="utf-8",
+    )
+    assert run("import", str(path), "--confirmed").exit_code == 0
+    rich_lines = run("list").stdout.splitlines()
+    monkeypatch.setattr(cli_subscribers, "RICH_MAX_ROWS", 2)
+    plain_lines = run("list").stdout.splitlines()
+    assert [line.rstrip() for line in plain_lines] == [line.rstrip() for line in rich_lines]
+    assert plain_lines[0].split() == ["ID", "Email", "Name", "Status", "Joined", "Confirmed"]
+    assert plain_lines[-1] == "5 subscribers (0 pending, 5 active, 0 unsubscribed, 0 bounced)"
+    assert len(plain_lines) == 7

@@ -17,9 +17,9 @@ import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from newsletter.config import Settings
+from newsletter.outbox import MaildirOutbox
 from newsletter.ratelimit import TokenBucket
 from newsletter.transport import (
-    MaildirOutbox,
     Outcome,
     SMTPPool,
     SMTPTarget,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import ConfigError
 from ..context import Context
@@ -34,6 +35,11 @@ class AppState:
                 self._ctx = Context.open()
             except ConfigError as exc:
                 raise SettingsError(str(exc)) from None
+            except (SQLAlchemyError, OSError, ImportError) as exc:
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise SettingsError(
+                    f"NEWSLETTER_DATABASE_URL: cannot open the database: {first}"
+                ) from None
         return self._ctx
 
     def close(self) -> None:

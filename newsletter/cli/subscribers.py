@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -19,7 +20,7 @@ from typing import IO
 import click
 from rich.cells import cell_len
 from rich.console import Console
-from rich.table import Column, Table
+from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
@@ -180,30 +181,32 @@ def list_(state: AppState, status: str | None, limit: int) -> None:
 
 
 HEADERS = ("ID", "Email", "Name", "Status", "Joined", "Confirmed")
-TABLE_CHUNK = 1000
+RICH_MAX_ROWS = 2000
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    """A rich table, printed in chunks of fixed-width columns.
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    """The rows as a rich table; past :data:`RICH_MAX_ROWS`, as plain aligned columns.
 
-    Rich lays a table out as a whole, which grows faster than linearly (100,000
-    rows took 90 s); chunks of 1,000 with the column widths measured once over
-    every row print the same aligned table in a couple of seconds.  Cells are
-    ``Text``, not markup, so a name like ``[red]`` prints as typed.  Piped output
-    is as wide as the widest row, so nothing is cut off in a file.
+    Rich costs about 0.4 ms of CPU per row (100,000 subscribers took 35 s of CPU,
+    90 s on a busy machine), so a big list is written directly with the same
+    layout (header, two-space gaps, widths measured in terminal cells) in about
+    a second.  Rich cells are ``Text``, not markup, so a name like ``[red]``
+    prints as typed.  Piped output is as wide as the widest row: nothing is cut.
     """
     if not rows:
         return
     widths = [max(cell_len(h), *(cell_len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
     out = sys.stdout
+    if len(rows) > RICH_MAX_ROWS:
+        for row in (HEADERS, *rows):
+            cells = (c + " " * (w - cell_len(c)) for c, w in zip(row, widths, strict=True))
+            out.write(("  ".join(cells)).rstrip() + "\n")
+        return
     width = None if out.isatty() else max(80, sum(widths) + 2 * len(widths))
-    console = Console(file=out, width=width, highlight=False)
-    for start in range(0, len(rows), TABLE_CHUNK):
-        columns = [Column(h, width=w, no_wrap=True) for h, w in zip(HEADERS, widths, strict=True)]
-        table = Table(*columns, box=None, show_header=start == 0)
-        for row in rows[start : start + TABLE_CHUNK]:
-            table.add_row(*(Text(cell) for cell in row))
-        console.print(table)
+    table = Table(*HEADERS, box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    Console(file=out, width=width, highlight=False).print(table)
 
 
 def _day(value: datetime | None) -> str:

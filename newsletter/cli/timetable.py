@@ -175,7 +175,7 @@ def run_command(
     with _stop_on_signals() as stopping:
         timetable.start_background()
         try:
-            log.info("web app: serving on http://%s:%d/", host, port)
+            log.info("web app: starting on http://%s:%d/", host, port)
             serve(app, host=host, port=port, threads=threads, trusted_proxy=trusted_proxy)
         except KeyboardInterrupt:
             pass
