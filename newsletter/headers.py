@@ -27,6 +27,7 @@ _ADDR = re.compile(r"[^\s\"<>()\[\]\\,;:@]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0
 _LIST_SLUG = re.compile(r"[^a-z0-9]+")
 
 MAX_LINE = 78
+MAX_WORD = 70  # a longer ASCII word is encoded too, so that it can be folded
 WORD_BYTES = 39  # 39 UTF-8 bytes -> 52 base64 chars -> a 64-char encoded word
 
 
@@ -117,7 +118,7 @@ def unstructured(name: str, value: str) -> str:
     tokens: list[str] = []
     run: list[str] = []
     for word in value.split(" "):
-        if _plain_ascii(word):
+        if _plain_ascii(word) and len(word) <= MAX_WORD:
             if run:
                 tokens += encoded_words(" ".join(run))
                 run = []
@@ -174,7 +175,7 @@ def list_id(site_name: str, from_email: str) -> str:
     local, _, domain = addr_spec(from_email).rpartition("@")
     folded = unicodedata.normalize("NFKD", clean_header_text(site_name).lower())
     slug = _LIST_SLUG.sub("-", "".join(c for c in folded if not unicodedata.combining(c)))
-    slug = slug.strip("-")
+    slug = slug.strip("-")[:60].strip("-")
     if not slug:
         slug = _LIST_SLUG.sub("-", local.lower()).strip("-") or "newsletter"
     shown = phrase(site_name)

@@ -300,3 +300,17 @@ def test_preview_unwritable_output_is_a_clear_error(preview_ctx: Context, tmp_pa
     result = CliRunner().invoke(main, ["preview", "-o", str(tmp_path / "missing" / "p.html")])
     assert result.exit_code != 0
     assert "cannot write" in result.output
+
+
+def test_preview_without_a_configured_secret_key(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The generated key is stored first, in its own transaction (no lock on ourselves)."""
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY")
+    result = CliRunner().invoke(
+        main, ["stories", "add", "--title", "T", "--url", "https://e.com/t", "--feature"]
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["preview"])
+    assert result.exit_code == 0, result.output
+    assert "/unsubscribe/" in (tmp_path / "preview.html").read_text()

@@ -285,3 +285,16 @@ def test_real_smtp_server_accepts_and_round_trips(
 
 def test_module_exports() -> None:
     assert message.header_safe is header_safe
+
+
+def test_unfoldable_subject_word_and_long_site_name(make_settings: Callable[..., Settings]) -> None:
+    ctx = Context.open(make_settings(NEWSLETTER_SITE_NAME="Very Long Site Name " * 20))
+    try:
+        subject = "Start " + "x" * 3000 + " end"
+        built = MessageFactory(ctx, 1, subject, "<p>x</p>", "x").build(1, "a@example.com", "")
+        assert_wire_format(built.data)
+        msg = parse_strict(built.data)
+        assert msg["Subject"] == subject
+        assert msg["List-Id"].endswith(".example.com>")
+    finally:
+        ctx.close()

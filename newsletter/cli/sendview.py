@@ -125,6 +125,8 @@ def run_with_progress(
             raise
         except IssueStateError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # e.g. the Maildir outbox cannot be created
+            raise click.ClickException(f"cannot send: {exc}") from None
         bar.update(task, total=summary.total, completed=summary.total - summary.left_queued)
     return summary
 

@@ -133,8 +133,8 @@ def schedule_command(state: AppState, list_only: bool) -> None:
             return
         except lease.LeaseHeld as exc:
             raise click.ClickException(
-                f"timetable not started: {exc} (only one timetable may run; "
-                f"it takes over once that lease expires)"
+                f"timetable not started: {exc} (only one timetable may run; start this "
+                f"again once that process has stopped or its lease has expired)"
             ) from None
         except LeaseLost as exc:
             raise click.ClickException(f"timetable stopped: {exc}") from None
