@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _digest_support import fixture_digest, open_ctx, rsa_key  # noqa: E402
 
 from newsletter.message import MessageFactory  # noqa: E402
-from newsletter.render import GMAIL_CLIP_BYTES  # noqa: E402
+from newsletter.models import Issue  # noqa: E402
+from newsletter.render import GMAIL_CLIP_BYTES, render_issue  # noqa: E402
 
 BUDGET_US = 100.0
 NAMES = ["Ana María López", "", "Bob O'Neil", "山田太郎", "Zoë Ωmega-Smith"]
@@ -66,6 +68,12 @@ def main() -> None:
         else:
             print(f"under Gmail's clip by {(GMAIL_CLIP_BYTES - size) / 1024:.1f} KB")
 
+        with ctx.db.read() as session:
+            stories = [link.story for link in session.get(Issue, issue.issue_id).stories]  # type: ignore[union-attr]
+            begin = time.perf_counter()
+            render_issue(ctx, stories, date.today())
+            render_ms = (time.perf_counter() - begin) * 1e3
+            print(f"render_issue alone (Jinja2 + premailer, templates cached): {render_ms:.0f} ms")
         begin = time.perf_counter()
         factory = MessageFactory(ctx, issue.issue_id, issue.subject, issue.html, issue.text)
         print(

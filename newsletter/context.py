@@ -35,7 +35,13 @@ class Context:
     @classmethod
     def open(cls, settings: Settings | None = None, migrate: bool = True) -> Context:
         settings = settings if settings is not None else load_settings()
-        return cls(settings=settings, db=Database.open(settings, migrate=migrate))
+        ctx = cls(settings=settings, db=Database.open(settings, migrate=migrate))
+        if migrate:
+            # Resolve (and, the first time, generate and store) the key now, in its own
+            # short transaction: doing it lazily inside a caller's write transaction
+            # would wait on our own SQLite write lock.
+            _ = ctx.secret_key
+        return ctx
 
     @cached_property
     def secret_key(self) -> str:

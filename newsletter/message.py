@@ -87,7 +87,7 @@ class _Compiled:
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
         self.domain = headers.addr_spec(settings.from_email).rpartition("@")[2]
         pieces: list[bytes | int] = [
-            ("From: " + headers.address(settings.from_name, settings.from_email) + "\r\n").encode(),
+            f"From: {headers.address(settings.from_name, settings.from_email)}\r\n".encode("ascii"),
             b"To: ",
             _TO,
             b"\r\n",
@@ -97,7 +97,9 @@ class _Compiled:
             b"\r\nMessage-ID: ",
             _MSGID,
             b"\r\nMIME-Version: 1.0\r\n",
-            f"List-Id: {headers.list_id(settings.site_name, settings.from_email)}\r\n".encode(),
+            f"List-Id: {headers.list_id(settings.site_name, settings.from_email)}\r\n".encode(
+                "ascii"
+            ),
         ]
         if list_unsubscribe:
             pieces += [

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import lxml.html  # type: ignore[import-untyped]  # no stubs; pyproject has no override
+import lxml.html
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from premailer import Premailer
 
@@ -322,13 +322,12 @@ def render_confirmation(ctx: Context, name: str, confirm_url: str) -> Rendered:
     return Rendered(subject, finish_html(html), text, "")
 
 
-def public_copy(body: str, *, base_url: str, issue_id: int, html: bool = True) -> str:
+def public_copy(body: str, *, base_url: str, issue_id: int) -> str:
     """A frozen issue body for the web archive: no reader's name, no reader's token.
 
     The greeting becomes a plain "Hello," and the unsubscribe link points at the
     site (a visitor has no subscription to end).
     """
-    del html  # same substitutions for both parts; kept for callers' clarity
     return (
         body.replace(GREETING, "Hello,")
         .replace(UNSUBSCRIBE_URL, f"{base_url}/")

@@ -345,13 +345,21 @@ def serve(
     }
     if trusted_proxy:
         options.update(trusted_proxy=trusted_proxy, trusted_proxy_headers={"x-forwarded-for"})
-    if threading.current_thread() is threading.main_thread():
+    installed = False
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
         # SIGTERM (systemd, docker stop) ends waitress's loop like Ctrl+C does, so
         # the confirmation emails still queued are sent before the process exits.
+        # A caller with its own handler (``newsletter run``) keeps it.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        installed = True
     try:
         waitress.serve(app, **options)
     finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         web_state(app).mailer.close()
 
 

@@ -346,4 +346,4 @@ def test_send_rate_is_honoured(open_ctx: Callable[..., Context], smtp_server: SM
     started = time.monotonic()
     assert delivery.send_issue(ctx, issue_id).ok
     elapsed = time.monotonic() - started
-    assert 0.65 <= elapsed < 2.0  # 30 messages at 40/s, one token of initial credit
+    assert 0.65 <= elapsed < 3.0  # 30 messages at 40/s, one token of initial credit

@@ -42,7 +42,9 @@ def world(
     """A database with featured stories and N readers, a server, and the sender's env."""
     made: list[tuple[Context, SMTPServer]] = []
 
-    def make(n: int, handler: FaultHandler | None = None, **extra: str):  # type: ignore[no-untyped-def]
+    def make(
+        n: int, handler: FaultHandler | None = None, **extra: str
+    ) -> tuple[Context, SMTPServer, dict[str, str]]:
         ctx = Context.open(settings)
         with ctx.db.write() as session:
             assert import_sources(session, [str(EXAMPLE_FEED)], feature=True).ok
@@ -69,9 +71,7 @@ def world(
         ctx.close()
 
 
-def newsletter(
-    tmp_path: Path, process_env: dict[str, str], *args: str
-) -> subprocess.Popen[str]:
+def newsletter(tmp_path: Path, process_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "newsletter", *args],
         cwd=tmp_path,
@@ -156,7 +156,8 @@ def test_faults_through_the_real_command(
     received = counts(server.messages)
     assert received == {email_for(i): 1 for i in range(n) if email_for(i) not in bounced}
     assert handler.drops >= 5
-    assert handler.tries[email_for(99)] == 2 and handler.tries[email_for(20)] == 2
+    # refused (or stalled) once, then accepted; a 421 may hit the retry's DATA too
+    assert handler.tries[email_for(99)] >= 2 and handler.tries[email_for(20)] >= 2
     rows = ledger_rows(ctx)
     assert {a for a, (s, _) in rows.items() if s is DeliveryStatus.BOUNCED} == bounced
     assert sum(s is DeliveryStatus.SENT for s, _ in rows.values()) == n - 2

@@ -16,7 +16,15 @@ from newsletter.cli import main
 from newsletter.config import load_settings
 from newsletter.context import Context
 from newsletter.lease import Holder, acquire
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueKind, IssueStatus, Story
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueKind,
+    IssueStatus,
+    IssueStory,
+    Story,
+)
 from newsletter.stories import import_sources
 from tests._delivery_support import (
     FaultHandler,
@@ -142,12 +150,25 @@ def test_manual_issue_of_chosen_stories(
     use_smtp(monkeypatch, smtp_server)
     with cli_ctx.db.read() as session:
         ids = list(session.scalars(select(Story.id).order_by(Story.id).limit(2)))
-    result = cli("send", "--yes", "--story", f"{ids[1]},{ids[0]}", "--subject", "Special edition")
+    result = cli(
+        "send", "--yes", "--story", str(ids[1]), str(ids[0]), "--subject", "Special edition"
+    )
     assert result.exit_code == 0, result.output
     [issue] = issues(cli_ctx)
     assert issue.kind is IssueKind.MANUAL and issue.subject == "Special edition"
+    with cli_ctx.db.read() as session:
+        order = list(
+            session.scalars(
+                select(IssueStory.story_id)
+                .where(IssueStory.issue_id == issue.id)
+                .order_by(IssueStory.position)
+            )
+        )
+    assert order == [ids[1], ids[0]]  # the editor's order
     assert {m.message["Subject"] for m in smtp_server.messages} == {"Special edition"}
     assert cli("send", "--subject", "x").exit_code == 2  # --subject needs --story
+    assert cli("send", "7").exit_code == 2  # ids only after --story
+    assert cli("send", "--story", "3,x").exit_code == 2
     unknown = cli("send", "--yes", "--story", "9999")
     assert unknown.exit_code == 1 and "9999" in unknown.output
 

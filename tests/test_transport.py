@@ -361,7 +361,7 @@ def test_token_bucket_keeps_the_rate() -> None:
         t.join()
     elapsed = time.monotonic() - started
     assert len(done) == 200
-    assert 0.9 <= elapsed <= 1.3  # 200 tokens at 200/s, one token of initial credit
+    assert 0.9 <= elapsed <= 2.0  # 200 tokens at 200/s, one token of initial credit
     cancelled = threading.Event()
     slow = TokenBucket(0.5)
     slow.reserve()

@@ -63,7 +63,7 @@ def build_preview(
     The token signer is made first: without a configured key it stores a generated
     one in its own transaction, which must not wait on our open one.
     """
-    pass  # ctx.tokens  # noqa: B018 - resolve (and maybe store) the secret key before locking
+    ctx.tokens  # noqa: B018 - resolve (and maybe store) the secret key before locking
     session = ctx.db.session()
     try:
         day = today or local_today(ctx.settings)

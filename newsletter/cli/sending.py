@@ -126,9 +126,10 @@ def _send_test_copy(
     "stories",
     multiple=True,
     metavar="ID",
-    help="A manual issue of these stories (repeat, or comma-separate: --story 3,5).",
+    help="A manual issue of these stories: --story 3 5 8, --story 3,5,8 or repeated.",
 )
 @click.option("--subject", help="Subject of a manual issue (default: the rendered one).")
+@click.argument("more_ids", nargs=-1, metavar="")
 @pass_state
 def send_command(
     state: AppState,
@@ -137,6 +138,7 @@ def send_command(
     to: str | None,
     stories: tuple[str, ...],
     subject: str | None,
+    more_ids: tuple[str, ...],
 ) -> None:
     """Send today's digest now (or a manual issue with --story).
 
@@ -145,8 +147,12 @@ def send_command(
     or deliveries still queued, 3 paused by a policy refusal (5.7.x), 75 another
     process is sending.
     """
+    if more_ids and not stories:
+        raise click.UsageError(
+            f"unexpected arguments {' '.join(more_ids)} (story ids follow --story)"
+        )
+    story_ids = _parse_ids(stories + more_ids)
     ctx = state.ctx
-    story_ids = _parse_ids(stories)
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
     if to is not None:
