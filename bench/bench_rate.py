@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -87,9 +88,12 @@ def measure(n: int, rate: float, every_reply: bool, connections: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-rate-"))
     env = env_for(work, sink.port, connections)
     env["NEWSLETTER_SEND_RATE"] = str(rate)
-    issue_id, _ = prepare(work, n, env)
-    result = run_child(env, "send", str(issue_id))
-    sink.stop()
+    try:
+        issue_id, _ = prepare(work, n, env)
+        result = run_child(env, "send", str(issue_id))
+    finally:
+        sink.stop()
+        shutil.rmtree(work, ignore_errors=True)
     times = sink.accepted
     at_sink = (len(times) - 1) / (times[-1] - times[0])
     engine = result["sent"] / result["elapsed"]

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -247,7 +247,13 @@ def _finish(ctx: Context, issue_id: int, stats: RunStats) -> SendSummary:
         )
 
 
-def resume(ctx: Context, issue_id: int, **kwargs: object) -> SendSummary:
+def resume(
+    ctx: Context,
+    issue_id: int,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    stop: threading.Event | None = None,
+) -> SendSummary:
     """``issues resume``: un-pause if paused, then send what is left."""
     with ctx.db.write() as session:
         issue = session.get(Issue, issue_id)
@@ -258,18 +264,34 @@ def resume(ctx: Context, issue_id: int, **kwargs: object) -> SendSummary:
         if issue.status is IssueStatus.PAUSED:
             issue.status = IssueStatus.SENDING
             issue.status_reason = None
-    return send_issue(ctx, issue_id, **kwargs)  # type: ignore[arg-type]
+    return send_issue(ctx, issue_id, progress=progress, stop=stop)
 
 
-def resume_unfinished(ctx: Context, **kwargs: object) -> list[SendSummary]:
-    """Continue every issue still ``sending`` (paused ones wait for a human)."""
+def resume_unfinished(
+    ctx: Context,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    stop: threading.Event | None = None,
+) -> list[SendSummary]:
+    """Continue every issue still ``sending`` (paused ones wait for a human).
+
+    Issues another process holds (or finished meanwhile) are left to it.
+    """
     with ctx.db.read() as session:
         ids = list(
             session.scalars(
                 select(Issue.id).where(Issue.status == IssueStatus.SENDING).order_by(Issue.id)
             )
         )
-    return [send_issue(ctx, issue_id, **kwargs) for issue_id in ids]  # type: ignore[arg-type]
+    summaries = []
+    for issue_id in ids:
+        try:
+            summaries.append(send_issue(ctx, issue_id, progress=progress, stop=stop))
+        except LeaseHeld as held:  # another process is already on it: its job, not ours
+            log.info("issue %s: %s", issue_id, held)
+        except AlreadyFinished:
+            pass
+    return summaries
 
 
 def cancel(session: Session, issue_id: int) -> Issue:
@@ -289,7 +311,13 @@ def cancel(session: Session, issue_id: int) -> Issue:
     return issue
 
 
-def retry_failed(ctx: Context, issue_id: int, **kwargs: object) -> SendSummary:
+def retry_failed(
+    ctx: Context,
+    issue_id: int,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    stop: threading.Event | None = None,
+) -> SendSummary:
     """Put failed deliveries back in the queue and send them (bounced ones stay bounced)."""
     with ctx.db.write() as session:
         issue = session.get(Issue, issue_id)
@@ -303,8 +331,4 @@ def retry_failed(ctx: Context, issue_id: int, **kwargs: object) -> SendSummary:
         issue.status = IssueStatus.SENDING
         issue.status_reason = None
         issue.finished_at = None
-    return send_issue(ctx, issue_id, **kwargs)  # type: ignore[arg-type]
-
-
-def issue_ids(session: Session, ids: Sequence[int]) -> list[int]:
-    return list(session.scalars(select(Issue.id).where(Issue.id.in_(list(ids)))))
+    return send_issue(ctx, issue_id, progress=progress, stop=stop)

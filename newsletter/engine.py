@@ -34,8 +34,9 @@ from .transport import Outcome, SendOutcome, Transport
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY = 200  # outcomes per write transaction
-FLUSH_SECONDS = 0.25  # ...or this often, whichever comes first
+FLUSH_EVERY = 100  # outcomes per write transaction
+FLUSH_SECONDS = 0.1  # ...or this often, whichever comes first
+FAILURE_STREAK = 20  # permanent failures in a row with no success: pause, don't burn the list
 
 
 class Built(Protocol):
@@ -126,6 +127,7 @@ class Run:
         self.run_attempts: dict[int, int] = {}
         self.buffer: list[Result] = []
         self.consecutive_drops = 0
+        self.failure_streak = 0
         self.throttle_until = 0.0
         self.throttles = 0
         self.total = 0
@@ -281,6 +283,7 @@ class Run:
         retry_at = None
         if kind is Outcome.SENT:
             self.stats.sent += 1
+            self.failure_streak = 0
             self.consecutive_drops = 0
             self.throttles = 0
         elif kind is Outcome.RETRY:
@@ -300,6 +303,13 @@ class Run:
             self.stats.bounced += 1
         elif kind is Outcome.FAILED:
             self.stats.failed += 1
+            self.failure_streak += 1
+            if self.failure_streak >= FAILURE_STREAK:
+                self._halt(
+                    "pause",
+                    f"{self.failure_streak} messages in a row refused permanently, "
+                    f"last: {outcome.text}",
+                )
         elif kind is Outcome.POLICY:
             self._halt("pause", outcome.text)
         self.buffer.append(Result(sid, outcome, built.message_id, retry_at))

@@ -80,8 +80,9 @@ _MAILBOX_CODES = frozenset({550, 551, 553})  # RFC 5321 mailbox replies, when no
 def classify(code: int, response: str, stage: str = "data") -> Outcome:
     """Map an SMTP reply to an :class:`Outcome`.
 
-    The enhanced status code (RFC 3463) decides when present, because the basic
-    code is ambiguous: 550 is used both for "no such user" (5.1.1) and for "your
+    ``stage`` is ``session`` (greeting/EHLO/TLS/AUTH/RSET), ``mail``, ``rcpt`` or
+    ``data``.  The enhanced status code (RFC 3463) decides when present, because
+    the basic code is ambiguous: 550 is used both for "no such user" (5.1.1) and for "your
     mail looks like spam" (5.7.1).  Without one, a 550/551/553 to ``RCPT`` is taken
     as a mailbox problem and the authentication codes as a policy problem.
     """
@@ -89,6 +90,10 @@ def classify(code: int, response: str, stage: str = "data") -> Outcome:
         return Outcome.SENT
     if code < 500:  # 4xx, and nonsense codes: try again later rather than lose a reader
         return Outcome.RETRY
+    if stage in ("session", "mail"):
+        # greeting, EHLO, STARTTLS, AUTH, MAIL FROM: about us, not the reader
+        # (even "553 5.1.8 sender domain unknown" must not bounce a subscriber)
+        return Outcome.POLICY
     match = _ENHANCED.match(response)
     if match and match.group(1) == "5":
         subject = match.group(2)
@@ -187,7 +192,8 @@ class SMTPConnection:
         try:
             code, msg = smtp.connect(t.host, t.port)
             if code != 220:
-                raise _Refused(SendOutcome(classify(code, _decode(msg)), code, _decode(msg)), False)
+                text = _decode(msg)
+                raise _Refused(SendOutcome(classify(code, text, "session"), code, text), False)
             self._expect(smtp.ehlo(), "EHLO")
             if not t.implicit_tls and smtp.has_extn("starttls"):
                 self._expect(smtp.starttls(context=context), "STARTTLS")
@@ -215,7 +221,8 @@ class SMTPConnection:
         code, msg = reply
         if not 200 <= code < 300:
             text = _decode(msg)
-            raise _Refused(SendOutcome(classify(code, text), code, f"{what}: {text}"), False)
+            outcome = classify(code, text, "session")
+            raise _Refused(SendOutcome(outcome, code, f"{what}: {text}"), False)
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
         """One transaction for one recipient; raises on a broken connection."""
@@ -272,7 +279,7 @@ class SMTPConnection:
         code, msg = self.smtp.getreply()
         if code == 421 or not 200 <= code < 300:
             text = _decode(msg)
-            outcome = Outcome.RETRY if code == 421 else classify(code, text)
+            outcome = Outcome.RETRY if code == 421 else classify(code, text, "session")
             raise _Refused(SendOutcome(outcome, code, f"{what}: {text}"), False)
         self.dirty = False
 
@@ -348,7 +355,8 @@ class SMTPPool:
                 if conn is not None:
                     conn.close()
                 text = _decode(exc.smtp_error)
-                return SendOutcome(classify(exc.smtp_code, text), exc.smtp_code, text)
+                kind = classify(exc.smtp_code, text, "session")
+                return SendOutcome(kind, exc.smtp_code, text)
             except (OSError, smtplib.SMTPException) as exc:  # dropped, refused, timed out
                 if conn is not None:
                     conn.close()

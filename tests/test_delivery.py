@@ -347,3 +347,18 @@ def test_send_rate_is_honoured(open_ctx: Callable[..., Context], smtp_server: SM
     assert delivery.send_issue(ctx, issue_id).ok
     elapsed = time.monotonic() - started
     assert 0.65 <= elapsed < 3.0  # 30 messages at 40/s, one token of initial credit
+
+
+def test_a_streak_of_permanent_failures_pauses_the_issue(
+    open_ctx: Callable[..., Context], faulty: Callable[..., SMTPServer]
+) -> None:
+    server = faulty(fail={email_for(i) for i in range(100)})  # e.g. the content is refused
+    ctx = open_ctx(NEWSLETTER_SMTP_URL=server.url)
+    add_subscribers(ctx, 100)
+    issue_id = make_issue(ctx)
+    summary = delivery.send_issue(ctx, issue_id)
+    assert summary.status is IssueStatus.PAUSED
+    assert summary.reason is not None and "in a row refused permanently" in summary.reason
+    assert "554 5.6.0" in summary.reason
+    assert summary.counts[DeliveryStatus.FAILED] < 100  # the rest of the list is kept
+    assert summary.left_queued > 0

@@ -80,6 +80,9 @@ class Pipelining(RecordingHandler):
         (550, "no such user here", "rcpt", Outcome.BOUNCE),
         (554, "transaction failed", "data", Outcome.FAILED),
         (552, "5.3.4 message too big", "data", Outcome.FAILED),
+        (554, "no SMTP service here", "session", Outcome.POLICY),
+        (553, "5.1.8 sender address domain not found", "mail", Outcome.POLICY),
+        (421, "too many connections", "session", Outcome.RETRY),
     ],
 )
 def test_classify(code: int, text: str, stage: str, expected: Outcome) -> None:
@@ -379,3 +382,28 @@ def test_token_bucket_uses_its_clock() -> None:
     now[0] = 10.0  # long idle: credit is capped at the burst (one token here)
     waits = [bucket.reserve() for _ in range(3)]
     assert waits[0] == 0 and waits[-1] > 0
+
+
+def test_refusal_at_the_greeting_is_a_policy_problem(
+    make_settings: Callable[..., Settings],
+) -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(b"554 5.7.1 mail.example.net: your IP is on our blocklist\r\n")
+        conn.close()
+
+    thread = threading.Thread(target=refuse)
+    thread.start()
+    pool = SMTPPool(make_settings(), f"smtp://127.0.0.1:{listener.getsockname()[1]}")
+    out = pool.send(FROM, "a@example.org", sample())
+    pool.close()
+    thread.join()
+    listener.close()
+    assert out.outcome is Outcome.POLICY and out.code == 554
+    assert "blocklist" in out.response

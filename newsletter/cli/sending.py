@@ -9,6 +9,8 @@ operator says yes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import click
@@ -50,9 +52,26 @@ def _parse_ids(values: tuple[str, ...]) -> list[int] | None:
     return ids
 
 
+@contextmanager
+def _rolled_back(ctx: Context) -> Iterator[Session]:
+    """A write transaction that is always rolled back.
+
+    A write (BEGIN IMMEDIATE) rather than a read: building an issue inserts rows,
+    and on SQLite upgrading a read transaction to a write fails at once with
+    "database is locked" when another process wrote in between.
+    """
+    session = ctx.db.session()
+    try:
+        session.begin()
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
 def _draft(ctx: Context, story_ids: list[int] | None, subject: str | None) -> Draft | None:
     """Render what would go out, then roll back: nothing is recorded."""
-    with ctx.db.read() as session:
+    with _rolled_back(ctx) as session:
         try:
             issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
         except UnknownStories as exc:
