@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
@@ -26,6 +26,25 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; ``str()`` is a one-line message naming it."""
+
+
+class InvalidLimit(ValueError):
+    """A rate-limit setting that is not ``COUNT/PERIOD`` (e.g. ``10/10m``)."""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_limit(text: str) -> tuple[int, float]:
+    """``"10/10m"`` -> (10, 600.0): at most COUNT hits per PERIOD (s, m, h or d)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*", text)
+    if not match:
+        raise InvalidLimit(f"expected COUNT/PERIOD such as 10/10m or 3/1h, got {text!r}")
+    count = int(match.group(1))
+    period = int(match.group(2) or 1) * _UNITS[match.group(3)]
+    if count < 1 or period < 1:
+        raise InvalidLimit(f"count and period must be positive, got {text!r}")
+    return count, float(period)
 
 
 @dataclass(frozen=True)
@@ -55,7 +74,14 @@ class Settings:
     misfire_grace_seconds: int = 3600
     max_attempts: int = 5
     batch_size: int = 500
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    retry_base_seconds: float = 2.0
+    lease_seconds: float = 60.0
+    scheduler_lease_seconds: float = 60.0
+    digest_cron_second: str = "0"
+    smtp_ca_file: Path | None = None
+    article_base_url: str | None = None
+    web_rate_ip: str = "20/10m"
+    web_rate_address: str = "3/1h"
 
     @property
     def from_header(self) -> str:
@@ -96,6 +122,24 @@ def _float(name: str, value: str) -> float:
     if number < 0 or number != number or number == float("inf"):
         raise ConfigError(f"{name}: must be a finite number >= 0, got {value!r}")
     return number
+
+
+def _seconds(name: str, value: str) -> float:
+    number = _float(name, value)
+    if not 0.01 <= number <= 86_400:
+        raise ConfigError(f"{name}: seconds between 0.01 and 86400, got {value!r}")
+    return number
+
+
+def _cron_second(value: str) -> str:
+    """The optional seconds field of the digest trigger (demos and tests: ``*/2``)."""
+    try:
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger(second=value)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}DIGEST_CRON_SECOND: {exc}") from None
+    return value
 
 
 def _http_url(name: str, value: str) -> str:
@@ -257,5 +301,27 @@ def load_settings(
         if not Path(v).is_dir():
             raise ConfigError(f"{PREFIX}TEMPLATES_DIR: no such directory {v}")
         kwargs["templates_dir"] = Path(v)
-    kwargs["extra"] = dict(env)
+    for key, attr in (
+        ("RETRY_BASE_SECONDS", "retry_base_seconds"),
+        ("LEASE_SECONDS", "lease_seconds"),
+    ):
+        if (v := get(key)) is not None:
+            kwargs[attr] = _seconds(PREFIX + key, v)
+    if (v := get("SCHEDULER_LEASE_TTL")) is not None:
+        kwargs["scheduler_lease_seconds"] = _seconds(f"{PREFIX}SCHEDULER_LEASE_TTL", v)
+    if (v := get("DIGEST_CRON_SECOND")) is not None:
+        kwargs["digest_cron_second"] = _cron_second(v)
+    if (v := get("SMTP_CA_FILE")) is not None:
+        if not Path(v).is_file():
+            raise ConfigError(f"{PREFIX}SMTP_CA_FILE: no such file {v}")
+        kwargs["smtp_ca_file"] = Path(v)
+    if (v := get("ARTICLE_BASE_URL")) is not None:
+        kwargs["article_base_url"] = _http_url(f"{PREFIX}ARTICLE_BASE_URL", v)
+    for key, attr in (("WEB_RATE_IP", "web_rate_ip"), ("WEB_RATE_ADDRESS", "web_rate_address")):
+        if (v := get(key)) is not None:
+            try:
+                parse_limit(v)
+            except InvalidLimit as exc:
+                raise ConfigError(f"{PREFIX}{key}: {exc}") from None
+            kwargs[attr] = v
     return Settings(**kwargs)  # type: ignore[arg-type]

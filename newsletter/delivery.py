@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,8 +163,8 @@ def send_issue(
 
     ``stop`` ends the run after the messages in flight (the rest stay queued).
     """
-    holder = Holder(token=os.urandom(16).hex(), host=socket.gethostname(), pid=os.getpid())
-    ttl = timedelta(seconds=float(ctx.settings.extra.get("LEASE_SECONDS", "60") or 60))
+    holder = Holder.this_process()
+    ttl = timedelta(seconds=ctx.settings.lease_seconds)
     with ctx.db.read() as session:
         issue = session.get(Issue, issue_id)
         if issue is None:

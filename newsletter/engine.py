@@ -109,8 +109,8 @@ class Run:
         self.stop = stop
         self.batch_size = s.batch_size
         self.max_attempts = s.max_attempts
-        self.retry_base = float(s.extra.get("RETRY_BASE_SECONDS", "2") or 2)
-        self.lease_ttl = timedelta(seconds=float(s.extra.get("LEASE_SECONDS", "60") or 60))
+        self.retry_base = s.retry_base_seconds
+        self.lease_ttl = timedelta(seconds=s.lease_seconds)
         self.window = max(16, 8 * transport.concurrency)
         self.bucket: TokenBucket | None = bucket_for(s.send_rate)
         self.cancel = threading.Event()  # tells workers to hand back unsent jobs

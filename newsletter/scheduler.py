@@ -47,7 +47,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import jobs, lease
-from .config import PREFIX, ConfigError, Settings
+from .config import Settings
 from .context import Context
 from .models import Issue, IssueKind, utcnow
 from .triggers import DigestTrigger, digest_trigger, most_recent_fire
@@ -55,7 +55,7 @@ from .triggers import DigestTrigger, digest_trigger, most_recent_fire
 log = logging.getLogger("newsletter.scheduler")
 
 LEASE_NAME = "scheduler"
-DEFAULT_LEASE_TTL = 60.0
+DEFAULT_LEASE_TTL = Settings.scheduler_lease_seconds
 UPKEEP_MINUTES = 5
 DIGEST_JOB, FEEDS_JOB, UPKEEP_JOB = "digest", "feeds", "upkeep"
 
@@ -66,18 +66,7 @@ def lease_ttl(settings: Settings) -> float:
     60 s by default: a killed holder is replaced within a minute, and renewals
     every 20 s leave room for two missed renewals (a busy database) before it lapses.
     """
-    raw = (settings.extra.get("SCHEDULER_LEASE_TTL") or "").strip()
-    if not raw:
-        return DEFAULT_LEASE_TTL
-    try:
-        ttl = float(raw)
-    except ValueError:
-        ttl = -1.0
-    if not 0.3 <= ttl <= 86_400:
-        raise ConfigError(
-            f"{PREFIX}SCHEDULER_LEASE_TTL: seconds between 0.3 and 86400, got {raw!r}"
-        )
-    return ttl
+    return settings.scheduler_lease_seconds
 
 
 def missed_digest(ctx: Context, trigger: DigestTrigger, now: datetime) -> datetime | None:

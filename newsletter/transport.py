@@ -163,7 +163,7 @@ class _Refused(Exception):
 
 def _tls_context(settings: Settings) -> ssl.SSLContext:
     # NEWSLETTER_SMTP_CA_FILE: trust a private CA (a relay with an internal certificate).
-    cafile = settings.extra.get("SMTP_CA_FILE") or None
+    cafile = str(settings.smtp_ca_file) if settings.smtp_ca_file else None
     return ssl.create_default_context(cafile=cafile)
 
 

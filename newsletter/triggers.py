@@ -106,7 +106,7 @@ def digest_trigger(settings: Settings) -> DigestTrigger:
     fields = settings.digest_cron.split()
     if len(fields) != 5:
         raise ConfigError(f"{PREFIX}DIGEST_CRON: expected 5 fields, got {settings.digest_cron!r}")
-    second = (settings.extra.get("DIGEST_CRON_SECOND") or "0").strip() or "0"
+    second = settings.digest_cron_second
     try:
         weekdays = crontab_weekdays(fields[4])
     except ValueError as exc:

@@ -54,7 +54,7 @@ class WebState:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.limits = Limits.from_settings(ctx.settings.extra)
+        self.limits = Limits.from_settings(ctx.settings)
         self.mailer = ConfirmationMailer(ctx)
         self._write_lock = threading.Lock()
 

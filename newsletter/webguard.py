@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flask import Flask, Response, g, render_template, request, session
 from werkzeug.exceptions import HTTPException
+
+from .config import Settings, parse_limit
 
 log = logging.getLogger("newsletter.web")
 
@@ -74,25 +75,6 @@ def csrf_valid() -> bool:
 
 
 # --------------------------------------------------------------------------- rate limits
-
-
-class InvalidLimit(ValueError):
-    """A rate-limit setting that is not ``COUNT/PERIOD`` (e.g. ``10/10m``)."""
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_limit(text: str) -> tuple[int, float]:
-    """``"10/10m"`` -> (10, 600.0): at most COUNT hits per PERIOD (s, m, h or d)."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*", text)
-    if not match:
-        raise InvalidLimit(f"expected COUNT/PERIOD such as 10/10m or 3/1h, got {text!r}")
-    count = int(match.group(1))
-    period = int(match.group(2) or 1) * _UNITS[match.group(3)]
-    if count < 1 or period < 1:
-        raise InvalidLimit(f"count and period must be positive, got {text!r}")
-    return count, float(period)
 
 
 @dataclass
@@ -145,14 +127,11 @@ class Limits:
     per_ip: RateLimiter
     per_address: RateLimiter
 
-    DEFAULT_IP = "20/10m"
-    DEFAULT_ADDRESS = "3/1h"
-
     @classmethod
-    def from_settings(cls, extra: Mapping[str, str]) -> Limits:
-        """Read ``WEB_RATE_IP`` / ``WEB_RATE_ADDRESS`` (``COUNT/PERIOD``) from Settings.extra."""
-        ip = parse_limit(extra.get("WEB_RATE_IP") or cls.DEFAULT_IP)
-        address = parse_limit(extra.get("WEB_RATE_ADDRESS") or cls.DEFAULT_ADDRESS)
+    def from_settings(cls, settings: Settings) -> Limits:
+        """NEWSLETTER_WEB_RATE_IP / _ADDRESS (``COUNT/PERIOD``, validated by config)."""
+        ip = parse_limit(settings.web_rate_ip)
+        address = parse_limit(settings.web_rate_address)
         return cls(per_ip=RateLimiter(*ip), per_address=RateLimiter(*address))
 
 

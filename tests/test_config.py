@@ -49,7 +49,7 @@ def test_values_are_parsed() -> None:
     assert s.tz.key == "Europe/Madrid"
     assert s.digest_cron == "30 6 * * 1-5"
     assert s.from_name == "Morning Brief"  # the site name is the default sender name
-    assert "UNRELATED" not in s.extra
+    assert "UNRELATED" not in repr(s)
 
 
 def test_from_with_a_display_name() -> None:

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from newsletter.webguard import InvalidLimit, RateLimiter, parse_limit
+from newsletter.config import InvalidLimit, parse_limit
+from newsletter.webguard import RateLimiter
 
 
 class FakeClock:

@@ -214,7 +214,7 @@ def test_serve_command_help_and_bad_port(cli_env: dict[str, str]) -> None:
 
 
 def test_rate_limit_setting_is_validated(make_web: Callable[..., Web]) -> None:
-    from newsletter.webguard import InvalidLimit
+    from newsletter.config import ConfigError
 
-    with pytest.raises(InvalidLimit, match="COUNT/PERIOD"):
+    with pytest.raises(ConfigError, match="NEWSLETTER_WEB_RATE_IP: expected COUNT/PERIOD"):
         make_web(NEWSLETTER_WEB_RATE_IP="lots")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import AppState, SettingsError, pass_state
+from . import AppState, pass_state
 
 
 @click.command("serve")
@@ -29,12 +29,8 @@ def serve_command(
 ) -> None:
     """Serve subscribe/confirm/unsubscribe/archive pages (production WSGI server)."""
     from ..web import create_app, serve
-    from ..webguard import InvalidLimit
 
-    try:
-        app = create_app(state.ctx)
-    except InvalidLimit as exc:
-        raise SettingsError(f"NEWSLETTER_WEB_RATE_*: {exc}") from None
+    app = create_app(state.ctx)  # a bad NEWSLETTER_WEB_RATE_* fails in load_settings
     click.echo(f"Serving {state.ctx.settings.site_name} on http://{host}:{port}/ (Ctrl+C to stop)")
     serve(app, host=host, port=port, threads=threads, trusted_proxy=trusted_proxy)
 

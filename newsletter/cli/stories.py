@@ -46,7 +46,7 @@ def import_command(
     """
     ctx = state.ctx
     settings = ctx.settings
-    article_base = settings.extra.get("ARTICLE_BASE_URL", "").strip().rstrip("/") or None
+    article_base = settings.article_base_url
     with ctx.db.write() as session:
         report = import_sources(
             session,
