@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 100  # outcomes per write transaction
 FLUSH_SECONDS = 0.1  # ...or this often, whichever comes first
+# A deferred delivery gets max_attempts tries per run; after this many runs' worth
+# (resumes, upkeep) it is marked failed instead of being retried forever.
+RUNS_BEFORE_FAILING = 3
 FAILURE_STREAK = 20  # permanent failures in a row with no success: pause, don't burn the list
 
 
@@ -342,7 +345,9 @@ class Run:
             return
         batch, self.buffer = self.buffer, []
         with self.ctx.db.write() as session:
-            ledger.record(session, self.issue_id, batch)
+            ledger.record(
+                session, self.issue_id, batch, give_up_after=self.max_attempts * RUNS_BEFORE_FAILING
+            )
         if self.progress is not None:
             self.progress(self.snapshot())
 

@@ -33,6 +33,7 @@ from .models import (
     SubscriberStatus,
     utcnow,
 )
+from .subscribers import mark_bounced
 from .transport import Outcome, SendOutcome
 
 D = cast(Table, Delivery.__table__)
@@ -187,16 +188,22 @@ _STATUS_FOR = {
 }
 
 
-def record(session: Session, issue_id: int, results: Iterable[Result]) -> list[int]:
+def record(
+    session: Session, issue_id: int, results: Iterable[Result], give_up_after: int | None = None
+) -> list[int]:
     """Write a batch of outcomes with two ``executemany`` statements.
 
     Returns the subscriber ids that bounced (their subscriber rows are marked
-    ``bounced`` here too, in the same transaction).
+    ``bounced`` here too, in the same transaction).  A row deferred again once it
+    has had ``give_up_after`` attempts in all (over every run and resume) becomes
+    ``failed``: like an MTA's queue lifetime, so upkeep does not retry a dead
+    address forever; ``issues retry-failed`` gives it fresh attempts.
     """
     now = utcnow()
     updates: list[dict[str, Any]] = []
     releases: list[dict[str, Any]] = []
     bounced: list[int] = []
+    deferred: list[int] = []
     for r in results:
         if r.outcome is None:
             releases.append({"b_issue": issue_id, "b_sid": r.subscriber_id})
@@ -218,8 +225,21 @@ def record(session: Session, issue_id: int, results: Iterable[Result]) -> list[i
         )
         if o.outcome is Outcome.BOUNCE:
             bounced.append(r.subscriber_id)
+        elif o.outcome is Outcome.RETRY:
+            deferred.append(r.subscriber_id)
     if updates:
         session.execute(_UPDATE, updates)
+    if deferred and give_up_after is not None:
+        session.execute(
+            update(D)
+            .where(
+                D.c.issue_id == issue_id,
+                D.c.subscriber_id.in_(deferred),
+                D.c.status == DeliveryStatus.QUEUED.value,
+                D.c.attempts >= give_up_after,
+            )
+            .values(status=DeliveryStatus.FAILED.value, next_attempt_at=None)
+        )
     if releases:
         session.execute(_RELEASE, releases)
     for sid in bounced:
@@ -228,16 +248,7 @@ def record(session: Session, issue_id: int, results: Iterable[Result]) -> list[i
 
 
 def mark_subscriber_bounced(session: Session, subscriber_id: int) -> None:
-    """Never mail this address again (``subscribers.mark_bounced`` when available)."""
-    try:
-        from .subscribers import mark_bounced
-    except ImportError:
-        session.execute(
-            update(S)
-            .where(S.c.id == subscriber_id)
-            .values(status=SubscriberStatus.BOUNCED.value, bounce_count=S.c.bounce_count + 1)
-        )
-        return
+    """Never mail this address again."""
     mark_bounced(session, subscriber_id)
 
 

@@ -215,3 +215,18 @@ def test_cli_database_that_cannot_be_opened_is_one_line(
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     assert "NEWSLETTER_DATABASE_URL" in lines[0] or "database" in lines[0]
     assert isinstance(result.exception, SystemExit)  # handled, not a traceback
+
+
+def test_env_example_documents_every_setting_and_loads() -> None:
+    """.env.example is the settings reference: every field appears and the file is valid."""
+    import dataclasses
+
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    text = example.read_text(encoding="utf-8")
+    variable = {"from_name": "FROM", "from_email": "FROM"}
+    variable["scheduler_lease_seconds"] = "SCHEDULER_LEASE_TTL"
+    for f in dataclasses.fields(Settings):
+        assert f"NEWSLETTER_{variable.get(f.name, f.name.upper())}=" in text, f.name
+    loaded = load_settings({}, dotenv_path=example)
+    assert loaded.database_url == Settings().database_url
+    assert loaded.digest_cron == Settings().digest_cron

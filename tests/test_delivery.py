@@ -212,6 +212,34 @@ def test_retries_are_bounded_and_leftovers_stay_queued(
     assert counts(server.messages)[stubborn] == 1
 
 
+def test_a_delivery_deferred_run_after_run_finally_fails(
+    open_ctx: Callable[..., Context], faulty: Callable[..., SMTPServer]
+) -> None:
+    """Upkeep resumes every few minutes: a forever-451 address must not be retried forever."""
+    from newsletter.engine import RUNS_BEFORE_FAILING
+
+    stubborn = email_for(2)
+    server = faulty(greylist={stubborn}, grey_times=10_000)
+    ctx = open_ctx(NEWSLETTER_SMTP_URL=server.url, NEWSLETTER_MAX_ATTEMPTS="2")
+    add_subscribers(ctx, 4)
+    issue_id = make_issue(ctx)
+    summary = delivery.send_issue(ctx, issue_id)
+    for _ in range(RUNS_BEFORE_FAILING - 1):
+        assert summary.left_queued == 1
+        summary = delivery.resume(ctx, issue_id)
+    assert server.handler.tries[stubborn] == 2 * RUNS_BEFORE_FAILING  # type: ignore[attr-defined]
+    assert summary.counts[DeliveryStatus.FAILED] == 1 and summary.left_queued == 0
+    assert summary.counts[DeliveryStatus.SENT] == 3
+    with ctx.db.read() as session:
+        row = session.execute(
+            select(Delivery.status, Delivery.last_code)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Subscriber.email == stubborn)
+        ).one()
+    assert row == (DeliveryStatus.FAILED, 451)  # the server's last word is kept
+    assert counts(server.messages).get(stubborn, 0) == 0
+
+
 def test_policy_refusal_pauses_the_issue(
     open_ctx: Callable[..., Context], faulty: Callable[..., SMTPServer]
 ) -> None:
