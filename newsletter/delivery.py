@@ -166,17 +166,16 @@ def send_issue(
     holder = Holder.this_process()
     ttl = timedelta(seconds=ctx.settings.lease_seconds)
     with ctx.db.read() as session:
-        issue = session.get(Issue, issue_id)
-        if issue is None:
-            raise IssueStateError(f"there is no issue {issue_id}")
+        issue = get_issue(session, issue_id)
         if issue.status is not IssueStatus.SENDING:
             raise _state_error(issue)
     _take_lease(ctx, issue_id, holder, ttl)
     own_transport = transport is None
     try:
         with ctx.db.write() as session:
-            issue = session.get(Issue, issue_id, populate_existing=True)
-            assert issue is not None
+            current = session.get(Issue, issue_id, populate_existing=True)
+            assert current is not None
+            issue = current
             if issue.status is not IssueStatus.SENDING:  # changed while we took the lease
                 raise _state_error(issue)
             reset = ledger.reset_in_flight(session, issue_id)
@@ -246,6 +245,14 @@ def _finish(ctx: Context, issue_id: int, stats: RunStats) -> SendSummary:
         )
 
 
+def get_issue(session: Session, issue_id: int) -> Issue:
+    """The issue, or :class:`IssueStateError` naming the missing id."""
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        raise IssueStateError(f"there is no issue {issue_id}")
+    return issue
+
+
 def resume(
     ctx: Context,
     issue_id: int,
@@ -255,9 +262,7 @@ def resume(
 ) -> SendSummary:
     """``issues resume``: un-pause if paused, then send what is left."""
     with ctx.db.write() as session:
-        issue = session.get(Issue, issue_id)
-        if issue is None:
-            raise IssueStateError(f"there is no issue {issue_id}")
+        issue = get_issue(session, issue_id)
         if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
             raise _state_error(issue)
         if issue.status is IssueStatus.PAUSED:
@@ -299,9 +304,7 @@ def cancel(session: Session, issue_id: int) -> Issue:
     A sender working on it notices at its next batch and stops; what was already
     sent stays recorded as sent.
     """
-    issue = session.get(Issue, issue_id)
-    if issue is None:
-        raise IssueStateError(f"there is no issue {issue_id}")
+    issue = get_issue(session, issue_id)
     if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
         raise IssueStateError(f"issue {issue_id} is already {issue.status.value}")
     issue.status = IssueStatus.CANCELLED
@@ -319,9 +322,7 @@ def retry_failed(
 ) -> SendSummary:
     """Put failed deliveries back in the queue and send them (bounced ones stay bounced)."""
     with ctx.db.write() as session:
-        issue = session.get(Issue, issue_id)
-        if issue is None:
-            raise IssueStateError(f"there is no issue {issue_id}")
+        issue = get_issue(session, issue_id)
         if issue.status is IssueStatus.CANCELLED:
             raise IssueStateError(f"issue {issue_id} is cancelled")
         n = ledger.requeue_failed(session, issue_id)

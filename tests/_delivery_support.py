@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from conftest import Received, RecordingHandler
 from sqlalchemy import insert, select
 
 from newsletter import ledger
@@ -22,7 +23,6 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL
-from tests.conftest import Received, RecordingHandler
 
 HTML = (
     f"<!doctype html><html><body><p>{GREETING}</p><p>A frozen issue.</p>"

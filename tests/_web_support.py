@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Received, SMTPServer
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -19,7 +20,6 @@ from sqlalchemy import select
 from newsletter.context import Context
 from newsletter.models import Subscriber
 from newsletter.web import create_app, web_state
-from tests.conftest import Received, SMTPServer
 
 BASE = "https://news.example.com"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -196,7 +196,7 @@ def start_serve(tmp_path: Path, smtp_url: str, *args: str, **extra_env: str) -> 
     import sys
     import urllib.request
 
-    from tests.conftest import free_port
+    from conftest import free_port
 
     port = free_port()
     env = process_env(tmp_path, smtp_url, port, **extra_env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +31,32 @@ FIXTURES = SHARED / "fixtures"
 FEEDS = FIXTURES / "feeds"
 ARTICLES = FIXTURES / "articles"
 FEED_FILES = sorted(FEEDS.glob("*.xml"))
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium_path() -> str:
+    """Debian's chromium for Playwright's ``executable_path``.
+
+    Missing on a developer's machine: the browser tests are skipped with the
+    install command.  Missing in CI (``CI`` set): the test fails, never skips.
+    """
+    if CHROMIUM.exists():
+        return str(CHROMIUM)
+    message = "Debian's chromium is not installed (apt-get install chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def free_port() -> int:

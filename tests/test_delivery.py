@@ -11,6 +11,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from _delivery_support import (
+    FaultHandler,
+    add_subscribers,
+    counts,
+    email_for,
+    issue_row,
+    make_issue,
+    statuses,
+)
+from conftest import SMTPServer, start_smtp
 from sqlalchemy import select
 
 from newsletter import delivery, ledger
@@ -26,16 +36,6 @@ from newsletter.models import (
     SubscriberStatus,
     utcnow,
 )
-from tests._delivery_support import (
-    FaultHandler,
-    add_subscribers,
-    counts,
-    email_for,
-    issue_row,
-    make_issue,
-    statuses,
-)
-from tests.conftest import SMTPServer, start_smtp
 
 FAST = {"NEWSLETTER_RETRY_BASE_SECONDS": "0.05", "NEWSLETTER_BATCH_SIZE": "7"}
 

@@ -17,22 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests._web_support import Served, link, start_serve, wait_for
-from tests.conftest import FEEDS, SMTPServer, start_smtp
+from _web_support import Served, link, start_serve, wait_for
+from conftest import CHROMIUM_ARGS, FEEDS, SMTPServer, chromium_path, start_smtp
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 READER = "journey.reader@example.com"
 OTHER = "other.reader@example.com"
 
@@ -89,7 +78,7 @@ def test_subscribe_confirm_receive_unsubscribe_in_chromium(
 
     base, env = server.base, server.env
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page()
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

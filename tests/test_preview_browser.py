@@ -16,23 +16,13 @@ from typing import Any
 import pytest
 from _digest_support import feature_dated, import_fixture_feeds
 from click.testing import CliRunner
+from conftest import CHROMIUM_ARGS, chromium_path
 
 from newsletter.cli import main
 from newsletter.config import Settings
 from newsletter.context import Context
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -57,12 +47,11 @@ IMAGE = png(1200, 675, (96, 125, 139))
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    executable = chromium_path()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _delivery_support import FaultHandler, add_subscribers, counts, email_for
+from conftest import SMTPServer, start_smtp
 from sqlalchemy import select
 
 from newsletter.config import Settings
@@ -24,8 +26,6 @@ from newsletter.context import Context
 from newsletter.engine import FLUSH_EVERY
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
 from newsletter.stories import import_sources
-from tests._delivery_support import FaultHandler, add_subscribers, counts, email_for
-from tests.conftest import SMTPServer, start_smtp
 
 pytestmark = pytest.mark.slow
 

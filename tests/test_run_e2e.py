@@ -20,13 +20,7 @@ from typing import Any
 
 import feedparser
 import pytest
-from sqlalchemy import func, select
-
-from newsletter import jobs
-from newsletter.config import load_settings
-from newsletter.context import Context
-from newsletter.models import DeliveryStatus, Issue, IssueStatus, Story
-from tests._timetable_support import (
+from _timetable_support import (
     add_readers,
     delivery_counts,
     lease_row,
@@ -35,7 +29,13 @@ from tests._timetable_support import (
     spawn,
     wait_for,
 )
-from tests.conftest import FEEDS, RecordingHandler, SMTPServer, free_port, start_smtp
+from conftest import FEEDS, RecordingHandler, SMTPServer, free_port, start_smtp
+from sqlalchemy import func, select
+
+from newsletter import jobs
+from newsletter.config import load_settings
+from newsletter.context import Context
+from newsletter.models import DeliveryStatus, Issue, IssueStatus, Story
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from _timetable_support import add_featured, add_readers, issue_count, wait_for
 from apscheduler.events import EVENT_JOB_EXECUTED
 from click.testing import CliRunner
+from conftest import SMTPServer
 from sqlalchemy import select
 
 from newsletter import jobs
@@ -29,8 +31,6 @@ from newsletter.context import Context
 from newsletter.models import Issue, IssueKind, IssueStatus
 from newsletter.scheduler import DIGEST_JOB, UPKEEP_JOB, build_scheduler, missed_digest
 from newsletter.triggers import digest_trigger
-from tests._timetable_support import add_featured, add_readers, issue_count, wait_for
-from tests.conftest import SMTPServer
 
 LONDON = ZoneInfo("Europe/London")
 DAY = date(2026, 3, 29)

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
+from _timetable_support import add_featured, add_readers, delivery_counts, serve_directory
+from conftest import FEEDS, SMTPServer
 from sqlalchemy import func, select, update
 
 from newsletter import delivery, digest, jobs, lease, subscribers
@@ -21,8 +23,6 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
-from tests._timetable_support import add_featured, add_readers, delivery_counts, serve_directory
-from tests.conftest import FEEDS, SMTPServer
 
 
 @pytest.fixture

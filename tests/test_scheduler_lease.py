@@ -16,7 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from _timetable_support import lease_row, processes, spawn, wait_for
 from click.testing import CliRunner
+from conftest import free_port
 
 from newsletter import lease
 from newsletter.cli import main
@@ -24,8 +26,6 @@ from newsletter.config import Settings
 from newsletter.context import Context
 from newsletter.models import utcnow
 from newsletter.scheduler import LEASE_NAME, LeaseLost, Timetable
-from tests._timetable_support import lease_row, processes, spawn, wait_for
-from tests.conftest import free_port
 
 TTL = 0.9  # seconds; renewed every 0.3 s
 

@@ -9,7 +9,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from _delivery_support import (
+    FaultHandler,
+    add_subscribers,
+    counts,
+    email_for,
+    make_issue,
+)
 from click.testing import CliRunner, Result
+from conftest import SMTPServer, free_port, start_smtp
 from sqlalchemy import func, select
 
 from newsletter.cli import main
@@ -26,14 +34,6 @@ from newsletter.models import (
     Story,
 )
 from newsletter.stories import import_sources
-from tests._delivery_support import (
-    FaultHandler,
-    add_subscribers,
-    counts,
-    email_for,
-    make_issue,
-)
-from tests.conftest import SMTPServer, free_port, start_smtp
 
 EXAMPLE_FEED = Path(__file__).resolve().parent.parent / "newsletter" / "examples" / "stories.xml"
 

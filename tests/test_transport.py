@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from conftest import RecordingHandler, SMTPServer, start_smtp
 
 from newsletter.config import Settings
 from newsletter.outbox import MaildirOutbox
@@ -26,7 +27,6 @@ from newsletter.transport import (
     classify,
     open_transport,
 )
-from tests.conftest import RecordingHandler, SMTPServer, start_smtp
 
 FROM = "news@example.com"
 
@@ -225,7 +225,7 @@ def test_stalled_server_hits_the_timeout(make_settings: Callable[..., Settings])
 
 
 def test_unreachable_server_is_a_retry(make_settings: Callable[..., Settings]) -> None:
-    from tests.conftest import free_port
+    from conftest import free_port
 
     pool = SMTPPool(make_settings(), f"smtp://127.0.0.1:{free_port()}")
     out = pool.send(FROM, "a@example.org", sample())

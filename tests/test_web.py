@@ -13,12 +13,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from sqlalchemy import func, select
-
-from newsletter.context import Context
-from newsletter.models import Subscriber, SubscriberStatus, utcnow
-from newsletter.web import create_app, web_state
-from tests._web_support import (
+from _web_support import (
     Web,
     csrf_from,
     link,
@@ -29,6 +24,11 @@ from tests._web_support import (
     web_settings,
     without_nonces,
 )
+from sqlalchemy import func, select
+
+from newsletter.context import Context
+from newsletter.models import Subscriber, SubscriberStatus, utcnow
+from newsletter.web import create_app, web_state
 
 __all__ = ["make_web", "web"]  # fixtures
 
@@ -158,7 +158,7 @@ def test_rate_limit_per_target_address(make_web: Callable[..., Web]) -> None:
 def test_smtp_failure_is_logged_not_shown(
     env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tests.conftest import free_port
+    from conftest import free_port
 
     settings = web_settings(env, NEWSLETTER_SMTP_URL=f"smtp://127.0.0.1:{free_port()}")
     ctx = Context.open(settings)
@@ -282,7 +282,7 @@ def test_expired_link_of_a_purged_pending_subscriber_points_to_the_form(web: Web
 def test_smtp_refusal_is_logged_not_shown(
     env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tests.conftest import RecordingHandler, start_smtp
+    from conftest import RecordingHandler, start_smtp
 
     class Refusing(RecordingHandler):
         def rcpt_reply(self, address: str) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from _web_support import BASE, Web, make_web, path_of, text_part, web
+from conftest import FEEDS, Received
 from sqlalchemy import update
 
 from newsletter import delivery, digest, stories
 from newsletter.models import Issue, IssueStatus, Subscriber, SubscriberStatus
-from tests._web_support import BASE, Web, make_web, path_of, text_part, web
-from tests.conftest import FEEDS, Received
 
 __all__ = ["make_web", "web"]  # fixtures
 

@@ -11,8 +11,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests._web_support import csrf_from, link, start_serve, wait_for
-from tests.conftest import SMTPServer
+from _web_support import csrf_from, link, start_serve, wait_for
+from conftest import SMTPServer
 
 
 def _browser() -> urllib.request.OpenerDirector:
@@ -77,8 +77,7 @@ def test_sigterm_stops_cleanly_after_sending_queued_confirmations(tmp_path: Path
     import asyncio
 
     from aiosmtpd.smtp import SMTP, Envelope, Session
-
-    from tests.conftest import RecordingHandler, start_smtp
+    from conftest import RecordingHandler, start_smtp
 
     class Slow(RecordingHandler):
         """A mail server that takes its time, so confirmations are still queued at SIGTERM."""

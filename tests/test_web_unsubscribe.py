@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+from _web_support import Web, make_web, web, web_settings
 from click.testing import CliRunner
 from sqlalchemy import text
 
@@ -13,7 +14,6 @@ from newsletter.cli import main
 from newsletter.context import Context
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.web import create_app, web_state
-from tests._web_support import Web, make_web, web, web_settings
 
 __all__ = ["make_web", "web"]  # fixtures
 

@@ -124,7 +124,9 @@ def _send_test_copy(
     if draft is None:
         console.print("Nothing new to send: no featured stories that have not gone out yet.")
         return
-    built = build_single(ctx, address, "", draft.subject, draft.html, draft.text)
+    built = build_single(
+        ctx, address, "", draft.subject, draft.html, draft.text, issue_id=draft.existing_id
+    )
     transport = open_transport(ctx.settings)
     try:
         outcome = transport.send(ctx.settings.from_email, address, built.data)

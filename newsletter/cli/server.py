@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from . import AppState, pass_state
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def web_options(command: F) -> F:
+    """--host/--port/--threads/--trusted-proxy, shared by ``serve`` and ``run``."""
+    for option in reversed(
+        (
+            click.option(
+                "--host", default="127.0.0.1", show_default=True, help="Interface to listen on."
+            ),
+            click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535)),
+            click.option(
+                "--threads",
+                default=8,
+                show_default=True,
+                type=click.IntRange(1, 256),
+                help="Web worker threads (requests served at once).",
+            ),
+            click.option(
+                "--trusted-proxy",
+                default=None,
+                metavar="IP",
+                help="Address of a reverse proxy whose X-Forwarded-For is believed "
+                "(else it is ignored).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option(
-    "--threads",
-    default=8,
-    show_default=True,
-    type=click.IntRange(1, 256),
-    help="Worker threads (requests served at once).",
-)
-@click.option(
-    "--trusted-proxy",
-    default=None,
-    metavar="IP",
-    help="Address of a reverse proxy whose X-Forwarded-For is believed (else it is ignored).",
-)
+@web_options
 @pass_state
 def serve_command(
     state: AppState, host: str, port: int, threads: int, trusted_proxy: str | None

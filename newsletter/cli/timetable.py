@@ -23,6 +23,7 @@ from ..config import ConfigError
 from ..context import Context
 from ..scheduler import LEASE_NAME, LeaseLost, Timetable, planned_jobs
 from . import AppState, SettingsError, pass_state
+from .server import web_options
 
 log = logging.getLogger("newsletter.scheduler")
 
@@ -141,21 +142,7 @@ def schedule_command(state: AppState, list_only: bool) -> None:
 
 
 @click.command("run")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option(
-    "--threads",
-    default=8,
-    show_default=True,
-    type=click.IntRange(1, 256),
-    help="Web worker threads (requests served at once).",
-)
-@click.option(
-    "--trusted-proxy",
-    default=None,
-    metavar="IP",
-    help="Address of a reverse proxy whose X-Forwarded-For is believed (else it is ignored).",
-)
+@web_options
 @pass_state
 def run_command(
     state: AppState, host: str, port: int, threads: int, trusted_proxy: str | None
