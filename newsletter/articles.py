@@ -55,6 +55,8 @@ _PROMO = re.compile(
     r"get the featured stories in your (e-?mail|inbox)\b)",
     re.IGNORECASE,
 )
+# Markup a promo line may be wrapped in: Markdown emphasis, heading, quote, list, link.
+_PROMO_LEAD = re.compile(r"^[\s>#*_\[(+-]+")
 _META = re.compile(r"^\s*(title|url|link|author|by|image|date|summary)\s*:\s*(.*\S)\s*$", re.I)
 _BYLINE = re.compile(r"^\s*by\s+(\S.{0,78})$", re.IGNORECASE)
 _DATE_PREFIX = re.compile(r"^\s*(published|posted|updated|date)\s*:?\s*", re.IGNORECASE)
@@ -90,7 +92,10 @@ def parse_date(raw: str, tz: tzinfo = UTC) -> datetime | None:
                 return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # "9999-12-31 23:00" west of UTC: past datetime's range
+        return None
 
 
 def slugify(name: str) -> str:
@@ -145,7 +150,7 @@ def parse_article(
     body: list[str] = []
     in_header = True
     for line in lines:
-        if _PROMO.match(line):
+        if _PROMO.match(_PROMO_LEAD.sub("", line)):
             break  # the promo and the teaser headlines after it are the site's, not the story's
         if not in_header:
             body.append(line)

@@ -104,13 +104,15 @@ def _no_control(name: str, value: str) -> str:
     return value
 
 
-def _int(name: str, value: str, minimum: int = 0) -> int:
+def _int(name: str, value: str, minimum: int = 0, maximum: int = 2**31 - 1) -> int:
     try:
         number = int(value)
     except ValueError:
         raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
     if number < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {number}")
+    if number > maximum:
+        raise ConfigError(f"{name}: must be at most {maximum}, got {number}")
     return number
 
 
@@ -142,10 +144,19 @@ def _cron_second(value: str) -> str:
     return value
 
 
-def _http_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+def _http_url(name: str, value: str, base: bool = False) -> str:
+    _no_control(name, value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not a valid URL ({exc}): {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
         raise ConfigError(f"{name}: expected an http(s) URL, got {value!r}")
+    if base and (parts.query or parts.fragment or "?" in value or "#" in value):
+        # Paths are appended to a base URL ("/unsubscribe/<token>"): after a query or
+        # a fragment they would silently break every link in every email.
+        raise ConfigError(f"{name}: a base URL cannot have a ?query or #fragment: {value!r}")
     return value.rstrip("/")
 
 
@@ -162,6 +173,16 @@ def _from(value: str) -> tuple[str, str]:
     local, _, domain = addr.partition("@")
     if not local or ("." not in domain and domain != "localhost"):
         raise ConfigError(f"{PREFIX}FROM: {addr!r} is not a valid address")
+    # The same check subscribers' addresses get (no DNS; ASCII local part, as it goes
+    # out as the envelope sender on relays without SMTPUTF8).  "localhost" is the
+    # demo default and a special-use name email-validator refuses: check its local part.
+    from email_validator import EmailNotValidError, validate_email
+
+    probe = f"{local}@example.com" if domain.lower() == "localhost" else addr
+    try:
+        validate_email(probe, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise ConfigError(f"{PREFIX}FROM: {addr!r} is not a valid address: {exc}") from None
     return name, addr
 
 
@@ -170,17 +191,26 @@ def _database_url(value: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(value)
+        url = make_url(value)
     except ArgumentError:
         raise ConfigError(
             f"{PREFIX}DATABASE_URL: expected a database URL such as "
             "sqlite:///subscribers.db, got a value SQLAlchemy cannot parse"
         ) from None
+    if url.get_backend_name() == "sqlite" and (url.database or ":memory:") == ":memory:":
+        # Every connection would get its own empty database (no tables, no list).
+        raise ConfigError(
+            f"{PREFIX}DATABASE_URL: an in-memory SQLite database cannot be shared between "
+            "connections; give a file, e.g. sqlite:///subscribers.db"
+        )
     return value
 
 
 def _smtp_url(value: str) -> str:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}SMTP_URL: not a valid URL ({exc})") from None
     if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
         raise ConfigError(
             f"{PREFIX}SMTP_URL: expected smtp://user:pass@host:587 or smtps://host:465, "
@@ -189,7 +219,7 @@ def _smtp_url(value: str) -> str:
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ConfigError(f"{PREFIX}SMTP_URL: the port is not a number") from None
+        raise ConfigError(f"{PREFIX}SMTP_URL: the port is not a number 0-65535") from None
     return value
 
 
@@ -202,7 +232,14 @@ def _cron(value: str) -> str:
     try:
         from apscheduler.triggers.cron import CronTrigger
 
-        CronTrigger.from_crontab(value)
+        from .triggers import crontab_weekdays
+
+        # The digest trigger reads the weekday field the crontab way (0 or 7 = Sunday),
+        # not APScheduler's (0 = Monday, no 7): validate it the way it will be used.
+        minute, hour, day, month, weekday = fields
+        CronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday)
+        )
     except ValueError as exc:
         raise ConfigError(f"{PREFIX}DIGEST_CRON: {exc}") from None
     return value
@@ -260,7 +297,7 @@ def load_settings(
         kwargs["site_name"] = _no_control(f"{PREFIX}SITE_NAME", v)
         kwargs.setdefault("from_name", kwargs["site_name"])
     if (v := get("BASE_URL")) is not None:
-        kwargs["base_url"] = _http_url(f"{PREFIX}BASE_URL", v)
+        kwargs["base_url"] = _http_url(f"{PREFIX}BASE_URL", v, base=True)
     if (v := get("SECRET_KEY")) is not None:
         if len(v) < 16:
             raise ConfigError(f"{PREFIX}SECRET_KEY: use at least 16 characters")
@@ -271,16 +308,16 @@ def load_settings(
         kwargs["timezone"] = _timezone(v)
     if (v := get("FEEDS")) is not None:
         kwargs["feeds"] = _feeds(v)
-    for key, attr, minimum in (
-        ("FEED_POLL_MINUTES", "feed_poll_minutes", 1),
-        ("MAX_STORIES", "max_stories", 1),
-        ("SMTP_CONNECTIONS", "smtp_connections", 1),
-        ("MISFIRE_GRACE_SECONDS", "misfire_grace_seconds", 1),
-        ("MAX_ATTEMPTS", "max_attempts", 1),
-        ("BATCH_SIZE", "batch_size", 1),
+    for key, attr, minimum, maximum in (
+        ("FEED_POLL_MINUTES", "feed_poll_minutes", 1, 7 * 24 * 60),  # a week
+        ("MAX_STORIES", "max_stories", 1, 10_000),
+        ("SMTP_CONNECTIONS", "smtp_connections", 1, 1_000),
+        ("MISFIRE_GRACE_SECONDS", "misfire_grace_seconds", 1, 86_400),  # a daily digest's day
+        ("MAX_ATTEMPTS", "max_attempts", 1, 1_000),
+        ("BATCH_SIZE", "batch_size", 1, 1_000_000),
     ):
         if (v := get(key)) is not None:
-            kwargs[attr] = _int(PREFIX + key, v, minimum)
+            kwargs[attr] = _int(PREFIX + key, v, minimum, maximum)
     if (v := get("SEND_RATE")) is not None:
         kwargs["send_rate"] = _float(f"{PREFIX}SEND_RATE", v)
     if (v := get("SMTP_TIMEOUT")) is not None:
@@ -316,7 +353,7 @@ def load_settings(
             raise ConfigError(f"{PREFIX}SMTP_CA_FILE: no such file {v}")
         kwargs["smtp_ca_file"] = Path(v)
     if (v := get("ARTICLE_BASE_URL")) is not None:
-        kwargs["article_base_url"] = _http_url(f"{PREFIX}ARTICLE_BASE_URL", v)
+        kwargs["article_base_url"] = _http_url(f"{PREFIX}ARTICLE_BASE_URL", v, base=True)
     for key, attr in (("WEB_RATE_IP", "web_rate_ip"), ("WEB_RATE_ADDRESS", "web_rate_address")):
         if (v := get(key)) is not None:
             try:

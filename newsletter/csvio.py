@@ -167,6 +167,16 @@ def _records(reader: Any) -> Iterator[tuple[int, list[str]]]:
         yield start, row
 
 
+def _runs_on(row: list[str]) -> bool:
+    """True when a record spanning lines looks like an unclosed quote swallowing rows.
+
+    A quoted cell may legitimately hold line breaks (a two-line name, a notes
+    column), but a line break followed by an address means later rows were read
+    into this cell: rejected and reported, not silently dropped.
+    """
+    return any("@" in value.replace("\r", "\n").partition("\n")[2] for value in row)
+
+
 def _when(value: str, column: str) -> datetime | None:
     if not value:
         return None
@@ -197,6 +207,17 @@ def parse_csv(data: bytes | str) -> ParsedCsv:
             continue  # blank line
         if not header_done:
             header_done = True
+            continue
+        if reader.line_num > line and _runs_on(row):
+            first = cell(row, "email").splitlines()[0] if cell(row, "email") else ""
+            parsed.rejected.append(
+                Problem(
+                    line,
+                    first,
+                    f"a quoted field runs on to line {reader.line_num} (a missing closing"
+                    f" quote?); lines {line}-{reader.line_num} were not imported",
+                )
+            )
             continue
         raw = cell(row, "email")
         if not raw:

@@ -25,6 +25,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,11 +88,22 @@ def head_revision(engine: Engine) -> str | None:
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
 
 
+class SchemaError(RuntimeError):
+    """The database's schema revision is one this version of the code does not know."""
+
+
 def upgrade(engine: Engine) -> bool:
     """Apply pending migrations; return True when anything was applied."""
-    if current_revision(engine) == head_revision(engine):
+    current = current_revision(engine)
+    if current == head_revision(engine):
         return False
-    command.upgrade(alembic_config(engine), "head")
+    try:
+        command.upgrade(alembic_config(engine), "head")
+    except CommandError as exc:  # e.g. a database migrated by a newer release
+        raise SchemaError(
+            f"the database is at schema revision {current!r}, which this version does not "
+            f"know (was it upgraded by a newer release?): {exc}"
+        ) from None
     return True
 
 

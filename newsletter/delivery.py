@@ -301,8 +301,8 @@ def resume_unfinished(
 def cancel(session: Session, issue_id: int) -> Issue:
     """Stop an issue for good; its stories count as unsent again (see stories.unsent_clause).
 
-    A sender working on it notices at its next batch and stops; what was already
-    sent stays recorded as sent.
+    A sender working on it notices at its next write (a fraction of a second) and stops
+    after the messages in flight; what was already sent stays recorded as sent.
     """
     issue = get_issue(session, issue_id)
     if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):

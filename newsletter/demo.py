@@ -3,9 +3,10 @@
 Creates the database (``subscribers.db`` unless configured otherwise), imports the
 sample stories and readers shipped in ``newsletter/examples/`` (inside the wheel,
 so a plain ``pip install .`` has them), sends today's digest into the Maildir
-outbox through the real delivery engine, and writes the first message's HTML part
-to ``preview.html``.  It never uses ``NEWSLETTER_SMTP_URL``: a demo must not mail
-anyone, even on a machine configured for production.
+outbox through the real delivery engine, and writes the newest message's HTML part
+(the digest just sent, not an older file in the outbox) to ``preview.html``.  It
+never uses ``NEWSLETTER_SMTP_URL``: a demo must not mail anyone, even on a machine
+configured for production.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_demo(settings: Settings, preview: Path = Path("preview.html")) -> DemoRe
             summary = send_issue(ctx, issue_id)
         outbox = ctx.settings.outbox
         files = sorted((outbox / "new").glob("*"), key=lambda p: p.stat().st_mtime)
-        written = _write_preview(files[0], preview) if files else None
+        written = _write_preview(files[-1], preview) if files else None  # newest: this run's
         return DemoResult(
             database=ctx.settings.database_url,
             outbox=outbox,

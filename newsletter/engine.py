@@ -176,7 +176,10 @@ class Run:
             for _ in threads:
                 self.jobs.put(None)
             while self.outstanding:  # let in-flight messages finish and record them
-                self._take(self.results.get())
+                try:
+                    self._take(self.results.get(timeout=self.lease_ttl.total_seconds() / 4))
+                except queue.Empty:  # a slow reply to DATA (up to 10 min): keep the lease
+                    self._renew()
             for t in threads:
                 t.join()
             self.buffer.extend(Result(j.subscriber_id, None) for j in self.pending)
@@ -348,6 +351,9 @@ class Run:
             ledger.record(
                 session, self.issue_id, batch, give_up_after=self.max_attempts * RUNS_BEFORE_FAILING
             )
+            status = ledger.issue_status(session, self.issue_id)
+        if status is not IssueStatus.SENDING:  # `issues cancel`: stop now, not after the batch
+            self._halt("cancelled", f"the issue is now {status}")
         if self.progress is not None:
             self.progress(self.snapshot())
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import feedparser
 
@@ -296,6 +296,34 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
 
 
+def request_url(url: str) -> str:
+    """``url`` as urllib can send it: an IRI's non-ASCII path/query percent-encoded
+    (UTF-8) and its host in IDNA; ASCII URLs (and existing %XX escapes) are unchanged.
+    http.client would raise UnicodeEncodeError on the raw text.
+    """
+    if url.isascii():
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    host = parts.hostname or ""
+    if not host.isascii():
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise SourceError(f"the host name {host!r} cannot be encoded") from None
+        netloc = netloc.lower().replace(host, ascii_host)
+    safe = "!#$%&'()*+,/:;=?@[]~"
+    return urlunsplit(
+        (
+            parts.scheme,
+            quote(netloc, safe=safe),
+            quote(parts.path, safe=safe),
+            quote(parts.query, safe=safe),
+            quote(parts.fragment, safe=safe),
+        )
+    )
+
+
 def fetch(
     url: str,
     timeout: float = DEFAULT_TIMEOUT,
@@ -313,13 +341,15 @@ def fetch(
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked
+    request = urllib.request.Request(request_url(url), headers=headers)  # noqa: S310 - checked
     deadline = time.monotonic() + timeout
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             chunks: list[bytes] = []
             size = 0
-            while chunk := response.read(65536):
+            # read1: one socket read at a time, so a body dripped a byte at a time
+            # still ends at the deadline (read(n) would wait for all n bytes).
+            while chunk := response.read1(65536):
                 size += len(chunk)
                 if size > MAX_FEED_BYTES:
                     raise SourceError(f"response larger than {MAX_FEED_BYTES // 2**20} MB")
@@ -346,6 +376,8 @@ def fetch(
         raise SourceError(f"timed out after {timeout:g}s") from None
     except (OSError, http.client.HTTPException) as exc:  # reset mid-body, bad status line
         raise SourceError(f"network error: {exc}") from None
+    except ValueError as exc:  # e.g. a header value http.client refuses
+        raise SourceError(f"cannot request this URL: {exc}") from None
 
 
 def parse_fetched(fetched: Fetched) -> ParsedSource:

@@ -147,8 +147,8 @@ def addr_spec(email: str) -> str:
     """A bare address checked for header use; IDN domains become their ASCII form.
 
     Raises ``ValueError`` for anything that is not a plain ``local@domain``: a
-    non-ASCII local part would need SMTPUTF8, and anything else could smuggle
-    header syntax.
+    non-ASCII local part would need SMTPUTF8, and anything else (control
+    characters, an encoded word) could smuggle header syntax.
     """
     if not email.isascii():
         local, sep, domain = email.rpartition("@")
@@ -158,8 +158,13 @@ def addr_spec(email: str) -> str:
             email = f"{local}@{domain.encode('idna').decode('ascii')}"
         except UnicodeError:
             raise ValueError(f"address {email!r} has an invalid domain") from None
-    if not _ADDR.fullmatch(email):
+    if not _ADDR.fullmatch(email) or not email.isprintable():
         raise ValueError(f"address {email!r} cannot be used in a mail header")
+    if "=?" in email:
+        # Legal atext, but mail parsers (Python's among them) decode an encoded word
+        # even in a local part: ``=?utf-8?q?=0D=0ABcc:...?=@x`` would come out as a
+        # CR/LF and a new header on any system that parses and re-serialises it.
+        raise ValueError(f"address {email!r} contains an RFC 2047 encoded word")
     return email
 
 

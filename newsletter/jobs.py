@@ -93,7 +93,12 @@ def poll_feeds(ctx: Context, stop: threading.Event | None = None) -> FeedsRun:
             if stop is not None and stop.is_set():
                 break
             run.polled += 1
-            result = stories.poll_feed_db(ctx.db, url, feature=True)
+            try:
+                result = stories.poll_feed_db(ctx.db, url, feature=True)
+            except Exception as exc:  # e.g. the database busy: this feed only, not the rest
+                log.exception("feeds: %s: %s", url, exc)
+                run.errors.append(f"{url}: {type(exc).__name__}: {exc}")
+                continue
             if result.error:
                 run.errors.append(f"{url}: {result.error}")
             elif result.not_modified:
@@ -184,7 +189,12 @@ def run_digest(
     """
     now = now or utcnow()
     day, fire = digest_day(ctx, trigger, now)
-    feeds = poll_feeds(ctx, stop) if ctx.settings.feeds else None
+    feeds: FeedsRun | None = None
+    if ctx.settings.feeds:
+        try:
+            feeds = poll_feeds(ctx, stop)
+        except Exception:  # fresh stories are a bonus: the day's digest goes out regardless
+            log.exception("digest: polling the feeds first failed; building from stored stories")
     with _SENDING:  # upkeep never resumes an issue this job is about to send
         issue_id: int | None = None
         queued = 0

@@ -95,10 +95,18 @@ def reset_in_flight(session: Session, issue_id: int) -> int:
 
 
 def _candidates(issue_id: int) -> Select[Any]:
+    """Queued rows with their subscriber, locked for the claiming transaction.
+
+    PostgreSQL: ``FOR UPDATE OF deliveries SKIP LOCKED``, so a concurrent claimer can
+    neither take the same rows nor block on them, and ``status = 'queued'`` is
+    re-checked on the locked row.  SQLite omits the clause (BEGIN IMMEDIATE already
+    serialises writers).
+    """
     return (
         select(D.c.subscriber_id, S.c.email, S.c.name, S.c.status)
         .join(S, S.c.id == D.c.subscriber_id)
         .where(D.c.issue_id == issue_id, D.c.status == DeliveryStatus.QUEUED.value)
+        .with_for_update(skip_locked=True, of=D)
     )
 
 

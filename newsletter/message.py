@@ -47,6 +47,7 @@ _BODY_SLOTS = {
 }
 _PLACEHOLDER = re.compile(f"{re.escape(GREETING)}|{re.escape(UNSUBSCRIBE_URL)}")
 _SOFT_BREAK = b"=\r\n"
+_QP_MAX = 76  # RFC 2045 6.7: encoded lines at most 76 octets, soft break included
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,43 @@ class BuiltMessage:
 
 def qp(text: str) -> bytes:
     """Quoted-printable UTF-8 with CRLF line ends; no line longer than 76 octets."""
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    return _qp(text, _QP_MAX)
+
+
+def qp_open(text: str) -> bytes:
+    """:func:`qp` for text that a soft line break (``=`` CRLF) follows: its last line
+    keeps to 75 octets, so the ``=`` appended after it makes at most 76."""
+    return _qp(text, _QP_MAX - 1)
+
+
+def _qp(text: str, last_max: int) -> bytes:
+    """``binascii.b2a_qp``, then any line over its limit folded again.
+
+    ``b2a_qp`` is C-fast but not exact: a line ending in a space or tab that it
+    encodes as ``=20``/``=09`` can come out at 77-78 octets, and its last line may
+    use all 76 when our own soft break follows it.  Such lines (rare) are folded
+    with soft breaks, never inside an ``=XX`` escape (in QP output ``=`` only ever
+    starts an escape or is a soft break at a line's end).
+    """
+    lines = binascii.b2a_qp(text.encode("utf-8"), istext=True).split(b"\n")
+    if len(lines[-1]) <= last_max and all(len(line) <= _QP_MAX for line in lines):
+        return b"\r\n".join(lines)
+    limits = [_QP_MAX] * (len(lines) - 1) + [last_max]
+    return b"\r\n".join(_fold_qp(line, limit) for line, limit in zip(lines, limits, strict=True))
+
+
+def _fold_qp(line: bytes, limit: int) -> bytes:
+    pieces: list[bytes] = []
+    while len(line) > limit:
+        cut = _QP_MAX - 1  # 75 octets + "=" soft break
+        if line[cut - 2 : cut - 1] == b"=":
+            cut -= 2
+        elif line[cut - 1 : cut] == b"=":
+            cut -= 1
+        pieces.append(line[:cut] + b"=")
+        line = line[cut:]
+    pieces.append(line)
+    return b"\r\n".join(pieces)
 
 
 def _normalise_newlines(text: str) -> str:
@@ -143,7 +180,10 @@ def _body_pieces(part: str, body: str) -> list[bytes | int]:
     out: list[bytes | int] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(body):
-        out += [qp(body[pos : match.start()]) + _SOFT_BREAK, _BODY_SLOTS[(part, match.group())]]
+        out += [
+            qp_open(body[pos : match.start()]) + _SOFT_BREAK,
+            _BODY_SLOTS[(part, match.group())],
+        ]
         out.append(_SOFT_BREAK)
         pos = match.end()
     out.append(qp(body[pos:]))
@@ -204,16 +244,16 @@ class MessageFactory:
         message_id = (
             f"<{self.issue_id}.{subscriber_id}.{self._nonce}{next(self._counter)}@{self._domain}>"
         )
-        url_qp = qp(url)
+        url_qp = qp_open(url)
         values = (
             headers.address(name, email).encode("ascii"),
             self._dates.now(),
             message_id.encode("ascii"),
             url.encode("ascii"),
-            qp(greeting),
-            qp(html_module.escape(greeting)),
+            qp_open(greeting),
+            qp_open(html_module.escape(greeting)),
             url_qp,
-            qp(html_module.escape(url)) if self._prefix_escapes else url_qp,
+            qp_open(html_module.escape(url)) if self._prefix_escapes else url_qp,
         )
         data = self._compiled.format % self._compiled.pick(values)
         if self._signer is not None:
@@ -265,10 +305,10 @@ def build_single(
         _DateCache().now(),
         message_id.encode("ascii"),
         url.encode("ascii"),
-        qp(greeting),
-        qp(html_module.escape(greeting)),
-        qp(url),
-        qp(html_module.escape(url)),
+        qp_open(greeting),
+        qp_open(html_module.escape(greeting)),
+        qp_open(url),
+        qp_open(html_module.escape(url)),
     )
     data = compiled.format % compiled.pick(values)
     signer = DkimSigner.from_settings(settings)

@@ -43,7 +43,10 @@ GREETING = "__NL_GREETING__"
 UNSUBSCRIBE_URL = "__NL_UNSUBSCRIBE_URL__"
 ARCHIVE_URL = "__NL_ARCHIVE_URL__"
 PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, ARCHIVE_URL)
-PLACEHOLDER_RE = re.compile(r"__NL_[A-Z_]+__")
+# Any case: a template filter (``|upper``, ``|title``) must not turn a look-alike
+# into a real placeholder; with IGNORECASE, [A-Z] also matches the non-ASCII letters
+# that upper-case to ASCII (ı, ſ, K).
+PLACEHOLDER_RE = re.compile(r"__NL_[A-Z_]+__", re.IGNORECASE)
 _URL_PLACEHOLDERS = frozenset({UNSUBSCRIBE_URL, ARCHIVE_URL})
 
 GMAIL_CLIP_BYTES = 102 * 1024
@@ -100,6 +103,10 @@ def http_url(value: str | None) -> str | None:
         return None
     value = value.strip()
     if _UNSAFE.search(value) or any(c.isspace() for c in value) or PLACEHOLDER_RE.search(value):
+        return None
+    if "\\" in value:
+        # Browsers read "\" as "/" in http(s) URLs and urlsplit does not, so the host
+        # shown ("source") and the host opened could differ.
         return None
     try:
         parts = urlsplit(value)
@@ -177,15 +184,18 @@ def _enforce_http_urls(html: str) -> str:
         attrib = getattr(element, "attrib", None)
         if not attrib:
             continue
-        for name in _URL_ATTRS:
-            value = attrib.get(name)
-            if value is None:
+        for name in list(attrib):
+            # Namespaced forms too: ``xlink:href`` (SVG) is a link like ``href``.
+            local = str(name).rsplit("}", 1)[-1].rsplit(":", 1)[-1].lower()
+            if local.startswith("on"):
+                del attrib[name]
                 continue
-            if value.strip() in _URL_PLACEHOLDERS or (name != "srcset" and http_url(value)):
+            if local not in _URL_ATTRS:
+                continue
+            value = attrib[name]
+            if value.strip() in _URL_PLACEHOLDERS or (local != "srcset" and http_url(value)):
                 continue
             log.warning("removed a non-http(s) %s=%r from the email HTML", name, value[:80])
-            del attrib[name]
-        for name in [k for k in attrib if k.lower().startswith("on")]:
             del attrib[name]
     body = str(lxml.html.tostring(doc, encoding="unicode", method="html"))
     return "<!DOCTYPE html>\n" + body

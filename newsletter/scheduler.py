@@ -44,7 +44,6 @@ from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import jobs, lease
 from .config import Settings
@@ -294,7 +293,7 @@ class Timetable:
                 log.error("timetable: lost the lease (%s); stopping the jobs", exc)
                 self._lose()
                 return
-            except SQLAlchemyError as exc:
+            except Exception as exc:
                 if time.monotonic() >= deadline:
                     log.error("timetable: could not renew the lease for %gs (%s)", self.ttl, exc)
                     self._lose()
@@ -344,7 +343,7 @@ class Timetable:
                     announced = True
                 self._closing.wait(self.renew_every)
                 continue
-            except SQLAlchemyError as exc:
+            except Exception as exc:
                 log.warning("timetable: could not take the lease, retrying: %s", exc)
                 self._closing.wait(self.renew_every)
                 continue

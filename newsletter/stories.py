@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -36,6 +37,7 @@ from .stories_text import (
 
 log = logging.getLogger(__name__)
 
+_CANDIDATES = 200  # stories under one path compared canonically (query-string variants)
 _UPDATABLE = ("title", "url", "summary", "image_url", "image_alt", "author", "published_at")
 
 
@@ -125,25 +127,61 @@ def list_stories(
 
 
 def find_existing(session: Session, guid: str, url: str) -> Story | None:
-    """The stored story with this guid, else with this canonical URL."""
+    """The stored story with this guid, else the one at this URL (compared canonically).
+
+    URLs are stored as the source gave them (tracking parameters, host case), so a
+    story first seen as ``http://Site.example/a?utm_source=rss`` must still be found
+    from ``https://site.example/a``: stories under the same host and path are
+    compared by :func:`canonical_url`, http and https alike (a site that moved to
+    https, or two feeds that disagree, still publish one story).
+    """
     story = session.scalar(select(Story).where(Story.guid == guid))
-    if story is None:
-        canonical = canonical_url(url)
-        story = session.scalar(
-            select(Story).where(or_(Story.url == url, Story.url == canonical)).limit(1)
+    if story is not None:
+        return story
+    canonical = canonical_url(url)
+    variants = {canonical, _other_scheme(canonical)}
+    story = session.scalar(
+        select(Story)
+        .where(
+            or_(
+                Story.url == url,
+                Story.url.in_(variants),
+                Story.guid.in_([stable_guid(v) for v in variants]),
+            )
         )
-    return story
+        .order_by(Story.id)
+        .limit(1)
+    )
+    if story is not None:
+        return story
+    parts = urlsplit(canonical)
+    rest = f"://{parts.netloc}{parts.path}".lower()
+    escaped = rest.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"http%{escaped}%"  # http:// or https://, then this host and path
+    # SQLite's LIKE ignores ASCII case already (and is cheaper than lower() on
+    # every row); elsewhere ILIKE (PostgreSQL's LIKE is case-sensitive).
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    match = (Story.url.like if sqlite else Story.url.ilike)(pattern, escape="\\")
+    candidates = session.scalars(select(Story).where(match).order_by(Story.id).limit(_CANDIDATES))
+    return next((c for c in candidates if canonical_url(c.url) in variants), None)
+
+
+def _other_scheme(canonical: str) -> str:
+    scheme, sep, rest = canonical.partition("://")
+    return ("https" if scheme == "http" else "http") + sep + rest
 
 
 # --------------------------------------------------------------------------- writing
 
 
 def upsert_story(
-    session: Session, data: StoryData, source: str, feature: bool
+    session: Session, data: StoryData, source: str, feature: bool, *, refeature: bool = True
 ) -> tuple[Story, str]:
     """Insert or update one story; returns it with "added", "updated" or "unchanged".
 
-    Importing without ``feature`` never un-features: only an editor does that.
+    Importing without ``feature`` never un-features: only an editor does that.  With
+    ``refeature=False`` (feed polling) ``feature`` applies to new stories only, so a
+    story an editor unfeatured stays unfeatured when the feed is fetched again.
     """
     story = find_existing(session, data.guid, data.url)
     if story is None:
@@ -161,7 +199,7 @@ def upsert_story(
         if getattr(story, name) != value:
             setattr(story, name, value)
             changed = True
-    if feature and not story.featured:
+    if feature and refeature and not story.featured:
         story.featured = True
         changed = True
     if changed:
@@ -169,12 +207,19 @@ def upsert_story(
     return story, "updated" if changed else "unchanged"
 
 
-def store(session: Session, result: SourceResult, parsed: ParsedSource, feature: bool) -> None:
+def store(
+    session: Session,
+    result: SourceResult,
+    parsed: ParsedSource,
+    feature: bool,
+    *,
+    refeature: bool = True,
+) -> None:
     """Write a parsed source's stories, counting into ``result``."""
     result.warnings.extend(parsed.warnings)
     seen: set[int] = set()
     for item in parsed.items:
-        story, outcome = upsert_story(session, item, result.source, feature)
+        story, outcome = upsert_story(session, item, result.source, feature, refeature=refeature)
         if story.id in seen:
             continue  # two entries of one feed for the same page: one story
         seen.add(story.id)
@@ -211,6 +256,9 @@ def import_sources(
                 parsed = load_source(label, path, timeout, article_base_url, tz, warn_derived_url)
             except SourceError as exc:
                 result.error = str(exc)
+            except Exception as exc:  # a reader's bug costs its own source, not the others
+                log.exception("%s: unexpected error while reading", label)
+                result.error = f"unexpected error: {type(exc).__name__}: {exc}"
         loaded.append((result, parsed))
     report = ImportReport()
     for result, parsed in loaded:
@@ -253,7 +301,9 @@ def record_poll(session: Session, url: str, polled: Polled, feature: bool = True
     """The database half of a poll: store stories, remember validators and the outcome.
 
     New validators are kept only when the body was a usable feed, so a feed that
-    returned an error page is fetched in full again next time.
+    returned an error page is fetched in full again next time, and only when they
+    fit their columns (PostgreSQL refuses an over-long value; SQLite would not).
+    ``feature`` applies to stories new to the database: an editor's unfeature stands.
     """
     result = SourceResult(source=url, error=polled.error)
     state = session.get(FeedState, url) or FeedState(url=url)
@@ -264,9 +314,9 @@ def record_poll(session: Session, url: str, polled: Polled, feature: bool = True
         state.last_status = "304 not modified"
     elif polled.fetched is not None and polled.parsed is not None:
         with session.begin_nested():
-            store(session, result, polled.parsed, feature)
-        state.etag = polled.fetched.etag
-        state.last_modified = polled.fetched.last_modified
+            store(session, result, polled.parsed, feature, refeature=False)
+        state.etag = _fits(polled.fetched.etag, _ETAG_MAX)
+        state.last_modified = _fits(polled.fetched.last_modified, _LAST_MODIFIED_MAX)
         state.last_status = (
             f"{polled.fetched.status}: {result.added} added, {result.updated} updated,"
             f" {result.unchanged} unchanged"
@@ -275,6 +325,21 @@ def record_poll(session: Session, url: str, polled: Polled, feature: bool = True
         state.last_status = f"error: {result.error}"[:2000]
         log.warning("feed %s: %s", url, result.error)
     return result
+
+
+def _width(column: str) -> int:
+    length = getattr(FeedState.__table__.c[column].type, "length", None)
+    assert isinstance(length, int)
+    return length
+
+
+_ETAG_MAX = _width("etag")
+_LAST_MODIFIED_MAX = _width("last_modified")
+
+
+def _fits(value: str | None, limit: int) -> str | None:
+    """A validator too long for its column is dropped: the feed is just fetched in full."""
+    return value if value is not None and len(value) <= limit else None
 
 
 def poll_feed(

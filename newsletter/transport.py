@@ -1,30 +1,20 @@
 """Getting bytes to a mail server (or into a Maildir outbox), and saying what happened.
 
-Two transports share one tiny interface, ``send(envelope_from, recipient, data) ->
-SendOutcome`` plus ``close()``:
+Both transports offer ``send(envelope_from, recipient, data) -> SendOutcome`` and
+``close()``: :class:`SMTPPool` for ``NEWSLETTER_SMTP_URL`` (up to ``smtp_connections``
+reused connections; ``smtp://`` upgrades with STARTTLS when offered, ``smtps://`` is TLS
+from the first byte, certificates always verified; a drop or a 421 replaces the
+connection), else :class:`newsletter.outbox.MaildirOutbox`, the embedded default.
 
-* :class:`SMTPPool`, from ``NEWSLETTER_SMTP_URL``: up to ``smtp_connections`` open,
-  reused connections (one per delivery worker thread).  ``smtp://`` upgrades with
-  STARTTLS whenever the server offers it, ``smtps://`` is TLS from the first byte;
-  certificates are always verified.  A dropped connection or a 421 closes that
-  connection and the next message opens a fresh one.
-* :class:`newsletter.outbox.MaildirOutbox`, when no SMTP URL is set: one standard
-  message file per email that any mail client opens.  This is the embedded default
-  used by ``newsletter demo``.
-
-Every SMTP reply is classified once, here (:func:`classify`), so the ledger only ever
-deals with five outcomes: sent / retry / bounce / policy / failed.
-
-The SMTP conversation is written out by hand on top of :mod:`smtplib`'s connection and
-reply parser instead of calling ``sendmail``: with one recipient per transaction that
-lets us pipeline ``MAIL``/``RCPT``/``DATA`` into one round trip when the server offers
-PIPELINING (RFC 2920), and dot-stuff the already-CRLF message with one ``bytes.replace``
-instead of smtplib's two regex passes.  That is what keeps the engine close to the
-physical limit of the link (see ``bench/bench_send.py``).
+Every reply is classified once, here (:func:`classify`): sent / retry / bounce / policy /
+failed.  The conversation is written by hand on smtplib's connection and reply parser, to
+pipeline ``MAIL``/``RCPT``/``DATA`` in one round trip (RFC 2920) and dot-stuff with one
+``bytes.replace``: that keeps the engine near the link's limit (``bench/bench_send.py``).
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import ipaddress
 import re
@@ -56,8 +46,7 @@ class SendOutcome:
     response: str
 
     @property
-    def text(self) -> str:
-        """``"550 5.1.1 no such user"``-style line for logs, the ledger and the CLI."""
+    def text(self) -> str:  # "550 5.1.1 no such user", for logs, the ledger and the CLI
         return f"{self.code} {self.response}".strip() if self.code else self.response
 
 
@@ -75,16 +64,16 @@ class Transport(Protocol):
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _AUTH_CODES = frozenset({530, 534, 535, 538})  # RFC 4954: authentication required/failed
 _MAILBOX_CODES = frozenset({550, 551, 553})  # RFC 5321 mailbox replies, when no 5.x.y is given
+DATA_DONE_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the reply to the end of DATA may be slow
+_EXPECTED = {"mail": (250,), "rcpt": (250, 251), "data": (354,)}  # anything else ends the try
 
 
 def classify(code: int, response: str, stage: str = "data") -> Outcome:
-    """Map an SMTP reply to an :class:`Outcome`.
+    """Map an SMTP reply at ``stage`` (session/mail/rcpt/data) to an :class:`Outcome`.
 
-    ``stage`` is ``session`` (greeting/EHLO/TLS/AUTH/RSET), ``mail``, ``rcpt`` or
-    ``data``.  The enhanced status code (RFC 3463) decides when present, because
-    the basic code is ambiguous: 550 is used both for "no such user" (5.1.1) and for "your
-    mail looks like spam" (5.7.1).  Without one, a 550/551/553 to ``RCPT`` is taken
-    as a mailbox problem and the authentication codes as a policy problem.
+    The enhanced status code (RFC 3463) decides when present: 550 is used both for "no
+    such user" (5.1.1) and for "looks like spam" (5.7.1).  Without one, a 550/551/553 to
+    ``RCPT`` is a mailbox problem and the authentication codes a policy problem.
     """
     if 200 <= code < 300:
         return Outcome.SENT
@@ -153,16 +142,14 @@ class SMTPTarget:
 
 
 class _Refused(Exception):
-    """A reply that ends this attempt; carries the classified outcome."""
+    """A reply that ends this attempt and its connection; carries the classified outcome."""
 
-    def __init__(self, outcome: SendOutcome, reusable: bool) -> None:
+    def __init__(self, outcome: SendOutcome) -> None:
         super().__init__(outcome.text)
         self.outcome = outcome
-        self.reusable = reusable
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext:
-    # NEWSLETTER_SMTP_CA_FILE: trust a private CA (a relay with an internal certificate).
+def _tls_context(settings: Settings) -> ssl.SSLContext:  # CA_FILE: trust a private CA
     cafile = str(settings.smtp_ca_file) if settings.smtp_ca_file else None
     return ssl.create_default_context(cafile=cafile)
 
@@ -193,7 +180,7 @@ class SMTPConnection:
             code, msg = smtp.connect(t.host, t.port)
             if code != 220:
                 text = _decode(msg)
-                raise _Refused(SendOutcome(classify(code, text, "session"), code, text), False)
+                raise _Refused(SendOutcome(classify(code, text, "session"), code, text))
             self._expect(smtp.ehlo(), "EHLO")
             if not t.implicit_tls and smtp.has_extn("starttls"):
                 self._expect(smtp.starttls(context=context), "STARTTLS")
@@ -208,9 +195,8 @@ class SMTPConnection:
                             f"{t.host} offers no STARTTLS: refusing to send the password "
                             "in clear text (use smtps:// or a server with STARTTLS)",
                         ),
-                        False,
                     )
-                smtp.login(t.username, t.password or "")
+                _login(smtp, t.username, t.password or "")
         except BaseException:
             smtp.close()
             raise
@@ -222,11 +208,14 @@ class SMTPConnection:
         if not 200 <= code < 300:
             text = _decode(msg)
             outcome = classify(code, text, "session")
-            raise _Refused(SendOutcome(outcome, code, f"{what}: {text}"), False)
+            raise _Refused(SendOutcome(outcome, code, f"{what}: {text}"))
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
         """One transaction for one recipient; raises on a broken connection."""
         smtp = self.smtp
+        if "\r" in envelope_from + recipient or "\n" in envelope_from + recipient:
+            # as smtplib.putcmd refuses: a line break would smuggle in SMTP commands
+            return SendOutcome(Outcome.FAILED, None, "control characters in an address")
         options = ""
         if not (envelope_from.isascii() and recipient.isascii()):
             if not self.smtputf8:
@@ -245,18 +234,20 @@ class SMTPConnection:
             replies = [smtp.getreply(), smtp.getreply(), smtp.getreply()]
         else:
             replies = []
-            for command in (mail, rcpt, b"DATA\r\n"):
+            for stage, command in zip(_EXPECTED, (mail, rcpt, b"DATA\r\n"), strict=True):
                 smtp.sock.sendall(command)
                 replies.append(smtp.getreply())
-                if not 200 <= replies[-1][0] < 400:
+                if replies[-1][0] not in _EXPECTED[stage]:
                     break
         refusal: SendOutcome | None = None
-        for stage, (code, msg) in zip(("mail", "rcpt", "data"), replies, strict=False):
+        for stage, (code, msg) in zip(_EXPECTED, replies, strict=False):
             if code == 421:
-                raise _Refused(SendOutcome(Outcome.RETRY, code, _decode(msg)), False)
-            expected = 354 if stage == "data" else 250
-            if refusal is None and not (code == expected or (stage != "data" and code == 251)):
+                raise _Refused(SendOutcome(Outcome.RETRY, code, _decode(msg)))
+            if refusal is None and code not in _EXPECTED[stage]:
                 text = _decode(msg)
+                if code < 400:  # e.g. 252 to RCPT: out of step (perhaps in DATA): hang up
+                    smtp.close()
+                    raise _Refused(SendOutcome(Outcome.RETRY, code, text))
                 refusal = SendOutcome(classify(code, text, stage), code, text)
         if refusal is not None:
             if replies[-1][0] == 354 and len(replies) == 3:
@@ -266,10 +257,12 @@ class SMTPConnection:
                 smtp.getreply()
             return refusal
         smtp.sock.sendall(_dot_stuff(data))
+        smtp.sock.settimeout(max(self.timeout, DATA_DONE_TIMEOUT))  # a timeout here: duplicate
         code, msg = smtp.getreply()
+        smtp.sock.settimeout(self.timeout)
         text = _decode(msg)
         if code == 421:
-            raise _Refused(SendOutcome(Outcome.RETRY, code, text), False)
+            raise _Refused(SendOutcome(Outcome.RETRY, code, text))
         self.dirty = False
         return SendOutcome(classify(code, text), code, text)
 
@@ -280,7 +273,7 @@ class SMTPConnection:
         if code == 421 or not 200 <= code < 300:
             text = _decode(msg)
             outcome = Outcome.RETRY if code == 421 else classify(code, text, "session")
-            raise _Refused(SendOutcome(outcome, code, f"{what}: {text}"), False)
+            raise _Refused(SendOutcome(outcome, code, f"{what}: {text}"))
         self.dirty = False
 
     def close(self) -> None:
@@ -292,6 +285,25 @@ class SMTPConnection:
             pass  # closing a connection that is already gone: nothing to report
         finally:
             self.smtp.close()
+
+
+def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
+    """AUTH with UTF-8 credentials (RFC 4616); smtplib encodes them as ASCII and crashes."""
+    if user.isascii() and password.isascii():
+        smtp.login(user, password)
+        return
+    offered = smtp.esmtp_features.get("auth", "").upper().split()
+    b64 = [base64.b64encode(x.encode()).decode() for x in (f"\0{user}\0{password}", user, password)]
+    if "PLAIN" in offered:
+        code, reply = smtp.docmd("AUTH", "PLAIN " + b64[0])
+    elif "LOGIN" in offered:
+        code, reply = smtp.docmd("AUTH", "LOGIN " + b64[1])
+        if code == 334:
+            code, reply = smtp.docmd(b64[2])
+    else:
+        raise smtplib.SMTPNotSupportedError("non-ASCII credentials need AUTH PLAIN or LOGIN")
+    if code not in (235, 503):
+        raise smtplib.SMTPAuthenticationError(code, reply)
 
 
 def _dot_stuff(data: bytes) -> bytes:
@@ -308,11 +320,7 @@ def _dot_stuff(data: bytes) -> bytes:
 
 
 class SMTPPool:
-    """Up to ``size`` reused connections; ``send`` borrows one for one message.
-
-    Connections are opened lazily and replaced after any failure, so a server that
-    drops us (or says 421) costs one retried message, not the run.
-    """
+    """Up to ``size`` lazily opened connections, replaced after any failure (one retry)."""
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.target = SMTPTarget.parse(url)
@@ -335,7 +343,7 @@ class SMTPPool:
                     conn = SMTPConnection(self.target, self.settings)
                 outcome = conn.send(envelope_from, recipient, data)
             except _Refused as refused:
-                if conn is not None and not refused.reusable:
+                if conn is not None:
                     conn.close()
                     conn = None
                 return refused.outcome

@@ -23,6 +23,7 @@ Routes (DESIGN.md "Web"), and the rules they keep:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import signal
@@ -35,7 +36,7 @@ from flask import Flask, Response, abort, render_template, request
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from . import webguard
+from . import headers, webguard
 from .context import Context
 from .models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from .tokens import ExpiredToken, InvalidToken
@@ -46,6 +47,7 @@ log = logging.getLogger("newsletter.web")
 
 HONEYPOT_FIELD = "website"
 MAX_TOKEN_LENGTH = 512
+MAX_ISSUE_ID = 2**63 - 1  # SQLite's INTEGER; a larger id is simply not there
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
@@ -113,6 +115,30 @@ def _client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+def _ip_key(remote: str) -> str:
+    """The per-client rate-limit key: the IPv4 address, or the IPv6 /64.
+
+    An IPv6 host is normally handed a whole /64 and can pick any address in it,
+    so counting single IPv6 addresses would limit nobody.
+    """
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return f"ip:{remote}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is None:
+            return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+        ip = mapped
+    return f"ip:{ip}"
+
+
+def _address_key(email: str) -> str:
+    """The per-target rate-limit key: ``victim+1@`` and ``victim+2@`` are one inbox."""
+    local, _, domain = email.rpartition("@")
+    return f"addr:{local.split('+', 1)[0] or local}@{domain}"
+
+
 def _checked_token(token: str) -> str:
     """Reject absurd tokens before any crypto; the token page must not be cached or leaked."""
     no_referrer()
@@ -144,7 +170,7 @@ def _routes(app: Flask, state: WebState) -> None:
     def subscribe() -> tuple[str, int]:
         if not csrf_valid():
             return page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
-        if not state.limits.per_ip.hit(f"ip:{_client_ip()}"):
+        if not state.limits.per_ip.hit(_ip_key(_client_ip())):
             return error_page(429)
         if request.form.get(HONEYPOT_FIELD, "").strip():
             # A bot filled the invisible field: look successful, do nothing.
@@ -153,13 +179,18 @@ def _routes(app: Flask, state: WebState) -> None:
         raw_email = request.form.get("email", "")[:512]
         raw_name = request.form.get("name", "")[:512]
         try:
-            email = subs.normalise_email(raw_email)
+            email = headers.addr_spec(subs.normalise_email(raw_email))
         except subs.InvalidEmail as exc:
             return page(
                 "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
                 reason=exc.reason,
             )  # fmt: skip
-        if not state.limits.per_address.hit(f"addr:{email}"):
+        except ValueError:  # valid, but unsafe in a header (an encoded word, ...)
+            return page(
+                "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
+                reason="This address cannot be used.",
+            )  # fmt: skip
+        if not state.limits.per_address.hit(_address_key(email)):
             return error_page(429)
         name = subs.clean_name(raw_name)
         with state.write() as session:
@@ -226,7 +257,7 @@ def _routes(app: Flask, state: WebState) -> None:
             subscriber_id = exc.subscriber_id
         except InvalidToken:
             abort(400)
-        if not state.limits.per_ip.hit(f"ip:{_client_ip()}"):
+        if not state.limits.per_ip.hit(_ip_key(_client_ip())):
             return error_page(429)
         with state.write() as session:
             subscriber = session.get(Subscriber, subscriber_id)
@@ -235,7 +266,7 @@ def _routes(app: Flask, state: WebState) -> None:
             if subscriber is None or not _can_resend(subscriber):
                 # Purged, or left since: a fresh signup is the way back in.
                 return page("expired.html", token=token, known=False)
-            if not state.limits.per_address.hit(f"addr:{subscriber.email}"):
+            if not state.limits.per_address.hit(_address_key(subscriber.email)):
                 return error_page(429)
             again = subs.request_subscription(session, subscriber.email, subscriber.name)
             mail = confirmation_for(again)
@@ -284,6 +315,8 @@ def _routes(app: Flask, state: WebState) -> None:
     def archive_issue(issue_id: int) -> Response:
         from .render import public_copy
 
+        if issue_id > MAX_ISSUE_ID:
+            abort(404)
         with ctx.db.read() as session:
             issue = session.get(Issue, issue_id)
             if issue is None or issue.status != IssueStatus.SENT:

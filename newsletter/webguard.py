@@ -113,7 +113,10 @@ class RateLimiter:
     def _prune(self, horizon: float) -> None:
         for key in [k for k, w in self._hits.items() if not w or w[-1] <= horizon]:
             del self._hits[key]
-        overflow = len(self._hits) - self.max_keys + 1
+        # Still full: drop the least recently used tenth in one go, so that a spray of
+        # new keys pays for this scan and sort once per max_keys/10 keys, not on every
+        # request while holding the lock every request needs.
+        overflow = len(self._hits) - self.max_keys + max(self.max_keys // 10, 1)
         if overflow > 0:
             oldest = sorted(self._hits, key=lambda k: self._hits[k][-1])[:overflow]
             for key in oldest:

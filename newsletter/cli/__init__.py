@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import ConfigError
 from ..context import Context
+from ..db import SchemaError
 
 
 class SettingsError(click.ClickException):
@@ -35,7 +36,7 @@ class AppState:
                 self._ctx = Context.open()
             except ConfigError as exc:
                 raise SettingsError(str(exc)) from None
-            except (SQLAlchemyError, OSError, ImportError) as exc:
+            except (SQLAlchemyError, OSError, ImportError, SchemaError) as exc:
                 first = (str(exc).splitlines() or [type(exc).__name__])[0]
                 raise SettingsError(
                     f"NEWSLETTER_DATABASE_URL: cannot open the database: {first}"

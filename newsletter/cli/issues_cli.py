@@ -159,5 +159,5 @@ def cancel_issue(state: AppState, issue_id: int, yes: bool) -> None:
     )
     if holder is not None:
         console.print(
-            f"The sender (pid {holder.pid} on {holder.host}) stops after its current batch."
+            f"The sender (pid {holder.pid} on {holder.host}) stops after the messages in flight."
         )

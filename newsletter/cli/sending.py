@@ -102,7 +102,7 @@ def _show_draft(draft: Draft, recipients: int, via: str) -> None:
 
 
 def _send_test_copy(
-    ctx: Context, to: str, story_ids: list[int] | None, subject: str | None
+    ctx: Context, to: str, story_ids: list[int] | None, subject: str | None, dry_run: bool
 ) -> None:
     try:
         address = normalise_email(to)
@@ -127,6 +127,10 @@ def _send_test_copy(
     built = build_single(
         ctx, address, "", draft.subject, draft.html, draft.text, issue_id=draft.existing_id
     )
+    if dry_run:
+        console.print(f"[yellow]Dry run:[/yellow] the test copy of “{draft.subject}” to {address}")
+        console.print("was rendered but not sent; nothing was recorded.")
+        return
     transport = open_transport(ctx.settings)
     try:
         outcome = transport.send(ctx.settings.from_email, address, built.data)
@@ -177,7 +181,7 @@ def send_command(
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
     if to is not None:
-        _send_test_copy(ctx, to, story_ids, subject)
+        _send_test_copy(ctx, to, story_ids, subject, dry_run)
         return
     with ctx.db.read() as session:
         unfinished = delivery.unfinished_issue(session)

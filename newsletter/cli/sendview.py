@@ -184,6 +184,11 @@ def show_summary(summary: SendSummary) -> None:
             "This is a sending problem (policy/authentication), not the readers'. Fix it, then "
             f"run: newsletter issues resume {summary.issue_id}",
         )
+    if summary.status is IssueStatus.CANCELLED:  # resume refuses it: do not advise that
+        raise Unfinished(
+            f"issue #{summary.issue_id} was cancelled: {summary.left_queued:,} deliveries "
+            f"will not be sent ({c[DeliveryStatus.SENT]:,} had already received it)",
+        )
     if summary.left_queued:
         when = (
             f" (next retry planned {summary.next_retry:%H:%M:%S} UTC)" if summary.next_retry else ""

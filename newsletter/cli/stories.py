@@ -16,6 +16,9 @@ from ..feeds import DEFAULT_TIMEOUT
 from ..stories import InvalidStory, add_story, import_sources, list_stories, set_featured
 from . import AppState, pass_state
 
+# Ids are database integers: a larger number is a typo, not an OverflowError traceback.
+STORY_ID = click.IntRange(min=1, max=2**63 - 1)
+
 
 @click.group("stories")
 def stories_group() -> None:
@@ -168,7 +171,7 @@ def _feature(state: AppState, ids: tuple[int, ...], featured: bool) -> None:
 
 
 @stories_group.command("feature")
-@click.argument("ids", nargs=-1, required=True, type=int)
+@click.argument("ids", nargs=-1, required=True, type=STORY_ID)
 @pass_state
 def feature_command(state: AppState, ids: tuple[int, ...]) -> None:
     """Mark stories as featured so the next digest includes them."""
@@ -176,7 +179,7 @@ def feature_command(state: AppState, ids: tuple[int, ...]) -> None:
 
 
 @stories_group.command("unfeature")
-@click.argument("ids", nargs=-1, required=True, type=int)
+@click.argument("ids", nargs=-1, required=True, type=STORY_ID)
 @pass_state
 def unfeature_command(state: AppState, ids: tuple[int, ...]) -> None:
     """Take stories out of the featured set."""
