@@ -257,6 +257,8 @@ def _feeds(value: str) -> tuple[str, ...]:
     feeds = tuple(item.strip() for item in re.split(r"[\s,]+", value) if item.strip())
     for feed in feeds:
         _http_url(f"{PREFIX}FEEDS", feed)
+        if len(feed) > 2048:  # the feed_states key column; feeds.http_url's limit too
+            raise ConfigError(f"{PREFIX}FEEDS: a URL longer than 2048 characters: {feed[:60]}…")
     return feeds
 
 

@@ -101,9 +101,16 @@ def _image_alt(entry: Any) -> str | None:
     return (clean_title(alt) or None) if alt else None
 
 
+# A tag left in text after decoding: the feed escaped its HTML twice, or called it text.
+_LEFTOVER_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
+
+
 def _text_of(detail: Any, value: str) -> str:
     kind = str((detail or {}).get("type") or "text/html")
-    return clean_text(html_to_text(value) if "html" in kind else decode_entities(value))
+    text = html_to_text(value) if "html" in kind else decode_entities(value)
+    if _LEFTOVER_TAG.search(text):  # otherwise "<img src=pixel>" would be summary text
+        text = html_to_text(text)
+    return clean_text(text)
 
 
 def entry_summary(entry: Any) -> str:

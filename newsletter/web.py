@@ -15,15 +15,15 @@ Routes (DESIGN.md "Web"), and the rules they keep:
 * No redirects at all, so there is nothing to turn into an open redirect.
 * The client IP is the WSGI ``REMOTE_ADDR``; ``serve(trusted_proxy=...)`` lets
   waitress rewrite it from X-Forwarded-For only for a named proxy.
-* Subscribe attempts are limited per client IP (``NEWSLETTER_WEB_RATE_IP``, default
-  20 per 10 minutes) and per target address (``NEWSLETTER_WEB_RATE_ADDRESS``,
-  default 3 per hour, so nobody can mail-bomb an address through us); see
-  ``webguard`` for why the counters live in the process.
+* Subscribe attempts are limited per client IP, an IPv6 client per /64
+  (``NEWSLETTER_WEB_RATE_IP``, default 20 per 10 minutes), and per target address,
+  ``+tag`` ignored (``NEWSLETTER_WEB_RATE_ADDRESS``, default 3 per hour, so nobody
+  can mail-bomb an address through us); see ``webguard`` for why the counters live
+  in the process.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import signal
@@ -40,7 +40,7 @@ from . import headers, webguard
 from .context import Context
 from .models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from .tokens import ExpiredToken, InvalidToken
-from .webguard import Limits, csrf_valid, error_page, no_referrer
+from .webguard import Limits, address_key, csrf_valid, error_page, ip_key, no_referrer
 from .webmail import Confirmation, ConfirmationMailer
 
 log = logging.getLogger("newsletter.web")
@@ -115,30 +115,6 @@ def _client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
-def _ip_key(remote: str) -> str:
-    """The per-client rate-limit key: the IPv4 address, or the IPv6 /64.
-
-    An IPv6 host is normally handed a whole /64 and can pick any address in it,
-    so counting single IPv6 addresses would limit nobody.
-    """
-    try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return f"ip:{remote}"
-    if isinstance(ip, ipaddress.IPv6Address):
-        mapped = ip.ipv4_mapped
-        if mapped is None:
-            return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
-        ip = mapped
-    return f"ip:{ip}"
-
-
-def _address_key(email: str) -> str:
-    """The per-target rate-limit key: ``victim+1@`` and ``victim+2@`` are one inbox."""
-    local, _, domain = email.rpartition("@")
-    return f"addr:{local.split('+', 1)[0] or local}@{domain}"
-
-
 def _checked_token(token: str) -> str:
     """Reject absurd tokens before any crypto; the token page must not be cached or leaked."""
     no_referrer()
@@ -170,7 +146,7 @@ def _routes(app: Flask, state: WebState) -> None:
     def subscribe() -> tuple[str, int]:
         if not csrf_valid():
             return page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
-        if not state.limits.per_ip.hit(_ip_key(_client_ip())):
+        if not state.limits.per_ip.hit(ip_key(_client_ip())):
             return error_page(429)
         if request.form.get(HONEYPOT_FIELD, "").strip():
             # A bot filled the invisible field: look successful, do nothing.
@@ -190,7 +166,7 @@ def _routes(app: Flask, state: WebState) -> None:
                 "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
                 reason="This address cannot be used.",
             )  # fmt: skip
-        if not state.limits.per_address.hit(_address_key(email)):
+        if not state.limits.per_address.hit(address_key(email)):
             return error_page(429)
         name = subs.clean_name(raw_name)
         with state.write() as session:
@@ -257,7 +233,7 @@ def _routes(app: Flask, state: WebState) -> None:
             subscriber_id = exc.subscriber_id
         except InvalidToken:
             abort(400)
-        if not state.limits.per_ip.hit(_ip_key(_client_ip())):
+        if not state.limits.per_ip.hit(ip_key(_client_ip())):
             return error_page(429)
         with state.write() as session:
             subscriber = session.get(Subscriber, subscriber_id)
@@ -266,7 +242,7 @@ def _routes(app: Flask, state: WebState) -> None:
             if subscriber is None or not _can_resend(subscriber):
                 # Purged, or left since: a fresh signup is the way back in.
                 return page("expired.html", token=token, known=False)
-            if not state.limits.per_address.hit(_address_key(subscriber.email)):
+            if not state.limits.per_address.hit(address_key(subscriber.email)):
                 return error_page(429)
             again = subs.request_subscription(session, subscriber.email, subscriber.name)
             mail = confirmation_for(again)

@@ -23,6 +23,7 @@ own, and so the routes read as the product behaviour rather than as plumbing.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import secrets
 import threading
@@ -121,6 +122,30 @@ class RateLimiter:
             oldest = sorted(self._hits, key=lambda k: self._hits[k][-1])[:overflow]
             for key in oldest:
                 del self._hits[key]
+
+
+def ip_key(remote: str) -> str:
+    """The per-client rate-limit key: the IPv4 address, or the IPv6 /64.
+
+    An IPv6 host is normally handed a whole /64 and can pick any address in it,
+    so counting single IPv6 addresses would limit nobody.
+    """
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return f"ip:{remote}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is None:
+            return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+        ip = mapped
+    return f"ip:{ip}"
+
+
+def address_key(email: str) -> str:
+    """The per-target rate-limit key: ``victim+1@`` and ``victim+2@`` are one inbox."""
+    local, _, domain = email.rpartition("@")
+    return f"addr:{local.split('+', 1)[0] or local}@{domain}"
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,7 @@ def test_usable_from_addresses_still_load(value: str) -> None:
         ("ARTICLE_BASE_URL", "https://news.example.com/a?x=1"),
         ("DATABASE_URL", "sqlite://"),
         ("DATABASE_URL", "sqlite:///:memory:"),
+        ("FEEDS", "https://feeds.example/" + "x" * 2048),
     ],
 )
 def test_more_bad_values_are_one_line_errors(key: str, value: str) -> None:
@@ -281,3 +282,26 @@ def test_article_date_at_the_edge_of_time_is_not_a_traceback(
     result = CliRunner().invoke(main, ["stories", "import", str(folder)], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "2 added" in result.output
+
+
+def test_double_escaped_html_and_its_pixel_do_not_reach_the_summary() -> None:
+    from newsletter.feeds import parse_feed
+
+    rss = (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        b"<link>https://s.example/</link><item><title>A</title><link>https://s.example/a</link>"
+        b"<description>&amp;lt;p&amp;gt;Real teaser text of the story.&amp;lt;/p&amp;gt;"
+        b'&amp;lt;img src="http://feeds.feedburner.com/~r/x/~4/abc" height="1" width="1"/&amp;gt;'
+        b"</description></item></channel></rss>"
+    )
+    assert parse_feed(rss).items[0].summary == "Real teaser text of the story."
+    atom = (
+        b'<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        b'<title>t</title><link href="https://s.example/"/><id>x</id>'
+        b"<updated>2024-01-01T00:00:00Z</updated><entry><title>B</title>"
+        b'<link href="https://s.example/b"/><id>tag:s,2024:b</id>'
+        b'<updated>2024-01-01T00:00:00Z</updated><summary type="text">Real teaser text, '
+        b'no markup. &lt;img src="http://pixel.example/t.gif" width="1" height="1"/&gt;'
+        b"</summary></entry></feed>"
+    )
+    assert parse_feed(atom).items[0].summary == "Real teaser text, no markup."
