@@ -130,6 +130,9 @@ class Story(Base):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    # Ids are never reused (AUTOINCREMENT on SQLite; sequences elsewhere): an erased
+    # person's never-expiring unsubscribe link must not point at a later subscriber.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)

@@ -30,6 +30,7 @@ from newsletter.context import Context
 from newsletter.db import (
     BUSY_TIMEOUT_MS,
     Database,
+    create_db_engine,
     current_revision,
     head_revision,
     resolve_secret_key,
@@ -387,3 +388,34 @@ def test_unsubscribe_tokens_never_expire() -> None:
         token = tokens.unsubscribe(99)
     with time_machine.travel(T0 + timedelta(days=3650), tick=False):
         assert tokens.read_unsubscribe(token) == 99
+
+
+def test_subscriber_ids_are_never_reused_after_an_erase(ctx: Context) -> None:
+    """Unsubscribe tokens carry the id and never expire: a new reader must get a new id."""
+    from newsletter.subscribers import add_subscriber, remove
+
+    with ctx.db.write() as session:
+        first = add_subscriber(session, "first@example.com", confirmed=True)
+        session.flush()
+        old_id = first.id
+    token = ctx.tokens.unsubscribe(old_id)
+    with ctx.db.write() as session:
+        remove(session, "first@example.com", erase=True)
+    with ctx.db.write() as session:
+        second = add_subscriber(session, "second@example.com", confirmed=True)
+        session.flush()
+        new_id = second.id
+    assert new_id != old_id
+    assert ctx.tokens.read_unsubscribe(token) == old_id  # points at nobody now
+
+
+def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+    """A model change without its Alembic migration fails here, not in production."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()

@@ -95,7 +95,8 @@ def upgrade() -> None:
     sa.Column('bounce_count', sa.Integer(), nullable=False),
     sa.Column('source', sa.String(length=32), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_subscribers')),
-    sa.UniqueConstraint('email', name=op.f('uq_subscribers_email'))
+    sa.UniqueConstraint('email', name=op.f('uq_subscribers_email')),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('subscribers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_subscribers_status'), ['status'], unique=False)
