@@ -34,6 +34,7 @@ import lxml.html
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from premailer import Premailer
 
+from . import stories_text
 from .context import Context
 from .models import Story
 
@@ -98,23 +99,13 @@ def clean_text(value: str | None, *, single_line: bool = True) -> str:
 
 
 def http_url(value: str | None) -> str | None:
-    """``value`` if it is an absolute http(s) URL without whitespace, else None."""
-    if not value:
+    """``value`` if it is a safe absolute http(s) URL (the import-time check), else None.
+
+    A placeholder look-alike is refused too: it would be filled per recipient.
+    """
+    if not value or PLACEHOLDER_RE.search(value):
         return None
-    value = value.strip()
-    if _UNSAFE.search(value) or any(c.isspace() for c in value) or PLACEHOLDER_RE.search(value):
-        return None
-    if "\\" in value:
-        # Browsers read "\" as "/" in http(s) URLs and urlsplit does not, so the host
-        # shown ("source") and the host opened could differ.
-        return None
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return None
-    return value
+    return stories_text.http_url(value)
 
 
 def truncate(text: str, limit: int) -> str:

@@ -24,6 +24,10 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 SUMMARY_CHARS = 300
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2028\u2029\ufeff]")
 _SPACE = re.compile(r"\s+")
+# In a URL also bidi overrides (a spoofed-looking link) and "\\", which browsers read
+# as "/" while urlsplit does not: the host shown as the source could differ from
+# the host opened.
+_URL_UNSAFE = re.compile(r"[\u202a-\u202e\u2066-\u2069\\]")
 _ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 # Query parameters that only say "you came from a feed/campaign": dropped from the
 # canonical URL so the same article seen via two feeds is one story.
@@ -150,9 +154,14 @@ def summarise(text: str, limit: int = SUMMARY_CHARS) -> str:
 
 
 def http_url(raw: str | None, base: str | None = None) -> str | None:
-    """The URL if it is a well-formed absolute http(s) URL (after joining ``base``), else None."""
+    """The URL if it is a well-formed absolute http(s) URL (after joining ``base``), else None.
+
+    The one URL check: import stores only what passes, and render re-checks with it.
+    """
     value = (raw or "").strip()
-    if not value or _CONTROL.search(value) or any(c.isspace() for c in value):
+    if not value or _CONTROL.search(value) or _URL_UNSAFE.search(value):
+        return None
+    if any(c.isspace() for c in value):
         return None
     if base and not urlsplit(value).scheme:
         value = urljoin(base, value)

@@ -69,7 +69,11 @@ def suppression_reason(subscriber: Subscriber) -> str:
 
 def find(session: Session, email: str) -> Subscriber | None:
     """The subscriber with this address in any spelling (raises InvalidEmail)."""
-    return session.scalar(select(Subscriber).where(Subscriber.email == normalise_email(email)))
+    return _by_address(session, normalise_email(email))
+
+
+def _by_address(session: Session, address: str) -> Subscriber | None:
+    return session.scalar(select(Subscriber).where(Subscriber.email == address))
 
 
 def add_subscriber(
@@ -90,7 +94,7 @@ def add_subscriber(
     address = normalise_email(email)
     name = clean_name(name)
     now = now or utcnow()
-    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
+    subscriber = _by_address(session, address)
     if subscriber is None:
         subscriber = Subscriber(
             email=address,
@@ -137,7 +141,7 @@ def request_subscription(
     address = normalise_email(email)
     name = clean_name(name)
     now = now or utcnow()
-    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
+    subscriber = _by_address(session, address)
     if subscriber is None:
         subscriber = Subscriber(
             email=address,

@@ -175,15 +175,21 @@ def _routes(app: Flask, state: WebState) -> None:
             state.mailer.submit(mail)
         return page("check_inbox.html")
 
-    @app.get("/confirm/<token>")
-    def confirm_page(token: str) -> tuple[str, int]:
-        token = _checked_token(token)
+    def confirm_id(token: str) -> int | tuple[str, int]:
+        """The subscriber id a confirm token carries, or the expired-link page."""
         try:
-            subscriber_id = ctx.tokens.read_confirm(token)
+            return ctx.tokens.read_confirm(token)
         except ExpiredToken as exc:
             return expired(exc.subscriber_id, token)
         except InvalidToken:
             abort(400)
+
+    @app.get("/confirm/<token>")
+    def confirm_page(token: str) -> tuple[str, int]:
+        token = _checked_token(token)
+        subscriber_id = confirm_id(token)
+        if not isinstance(subscriber_id, int):
+            return subscriber_id
         with ctx.db.read() as session:
             subscriber = session.get(Subscriber, subscriber_id)
             if subscriber is None:
@@ -196,12 +202,9 @@ def _routes(app: Flask, state: WebState) -> None:
     @app.post("/confirm/<token>")
     def confirm(token: str) -> tuple[str, int]:
         token = _checked_token(token)
-        try:
-            subscriber_id = ctx.tokens.read_confirm(token)
-        except ExpiredToken as exc:
-            return expired(exc.subscriber_id, token)
-        except InvalidToken:
-            abort(400)
+        subscriber_id = confirm_id(token)
+        if not isinstance(subscriber_id, int):
+            return subscriber_id
         with state.write() as session:
             subscriber = subs.confirm(session, subscriber_id, _client_ip())
             if subscriber is None:

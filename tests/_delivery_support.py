@@ -176,3 +176,14 @@ class FaultHandler(RecordingHandler):
                 )
             return "250 2.0.0 Ok: queued"
         return await super().handle_DATA(server, session, envelope)
+
+
+FROM = "news@example.com"
+
+
+def sample(to: str = "reader@example.org", body: str = "Hello") -> bytes:
+    """A minimal valid message for transport-level tests."""
+    return (
+        f"From: {FROM}\r\nTo: {to}\r\nSubject: test\r\nMessage-ID: <1@example.com>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    ).encode()

@@ -187,3 +187,18 @@ def smtp_server() -> Iterator[SMTPServer]:
     server = start_smtp()
     yield server
     server.controller.stop()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., SMTPServer]]:
+    """Start any number of SMTP servers (optionally fault-injecting); all stopped after."""
+    started: list[SMTPServer] = []
+
+    def start(handler: Any = None, **kwargs: Any) -> SMTPServer:
+        server = start_smtp(handler, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.controller.stop()

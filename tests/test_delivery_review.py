@@ -6,14 +6,14 @@ Real aiosmtpd servers, real SQLite files, click's runner; no mocks.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _delivery_support import add_subscribers, email_for, make_issue, statuses
+from _delivery_support import FROM, add_subscribers, email_for, make_issue, sample, statuses
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner
-from conftest import RecordingHandler, SMTPServer, start_smtp
+from conftest import RecordingHandler, SMTPServer
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import Select
@@ -25,30 +25,6 @@ from newsletter.config import Settings
 from newsletter.context import Context
 from newsletter.models import DeliveryStatus, IssueStatus
 from newsletter.transport import Outcome, SMTPPool
-
-FROM = "news@example.com"
-
-
-def sample(to: str = "reader@example.org") -> bytes:
-    return (
-        f"From: {FROM}\r\nTo: {to}\r\nSubject: test\r\nMessage-ID: <1@example.com>\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n"
-    ).encode()
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[..., SMTPServer]]:
-    started: list[SMTPServer] = []
-
-    def start(handler: Any = None, **kwargs: Any) -> SMTPServer:
-        server = start_smtp(handler, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.controller.stop()
-
 
 # -- an unexpected positive reply to RCPT must not count as delivered --------------------
 

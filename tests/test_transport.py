@@ -9,13 +9,14 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _delivery_support import FROM, sample
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from conftest import RecordingHandler, SMTPServer, start_smtp
+from conftest import RecordingHandler, SMTPServer
 
 from newsletter.config import Settings
 from newsletter.outbox import MaildirOutbox
@@ -27,29 +28,6 @@ from newsletter.transport import (
     classify,
     open_transport,
 )
-
-FROM = "news@example.com"
-
-
-def sample(to: str = "reader@example.org", body: str = "Hello") -> bytes:
-    return (
-        f"From: {FROM}\r\nTo: {to}\r\nSubject: test\r\nMessage-ID: <1@example.com>\r\n"
-        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
-    ).encode()
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[..., SMTPServer]]:
-    started: list[SMTPServer] = []
-
-    def start(handler: Any = None, **kwargs: Any) -> SMTPServer:
-        server = start_smtp(handler, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.controller.stop()
 
 
 class Pipelining(RecordingHandler):
