@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from newsletter.cli import main
 from newsletter.config import load_settings
 from newsletter.context import Context
-from newsletter.csvio import apply_import, export_csv, parse_csv
+from newsletter.subscribers.csvio import apply_import, export_csv, parse_csv
 
 NAMES = ["Ana Núñez", "Björn Ødegård", "Chen Wei", "Dara O'Neill", "Émile Zola", "Fatima Zahra"]
 

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _digest_support import fixture_digest, open_ctx, rsa_key  # noqa: E402
 
-from newsletter.message import MessageFactory  # noqa: E402
+from newsletter.mail.message import MessageFactory  # noqa: E402
+from newsletter.mail.render import GMAIL_CLIP_BYTES, render_issue  # noqa: E402
 from newsletter.models import Issue  # noqa: E402
-from newsletter.render import GMAIL_CLIP_BYTES, render_issue  # noqa: E402
 
 BUDGET_US = 100.0
 NAMES = ["Ana María López", "", "Bob O'Neil", "山田太郎", "Zoë Ωmega-Smith"]

@@ -63,12 +63,12 @@ def prepare(folder: Path, n: int, env: dict[str, str]) -> tuple[int, float]:
     """A database with N active readers and a frozen 10-story digest; returns (issue, enqueue s)."""
     from sqlalchemy import insert
 
-    from newsletter import ledger
     from newsletter.config import load_settings
     from newsletter.context import Context
-    from newsletter.digest import build_issue
+    from newsletter.delivery import ledger
+    from newsletter.mail.digest import build_issue
     from newsletter.models import Subscriber, utcnow
-    from newsletter.stories import import_sources
+    from newsletter.stories.store import import_sources
 
     ctx = Context.open(load_settings(env, dotenv_path=None))
     sources = [str(p) for p in sorted(FEEDS.glob("bbc.xml"))] or [str(EXAMPLE_FEED)]
@@ -105,9 +105,9 @@ def prepare(folder: Path, n: int, env: dict[str, str]) -> tuple[int, float]:
 
 def child_send(issue_id: int) -> None:
     """Runs in a fresh process: send the issue, print rate and peak RSS as JSON."""
-    from newsletter import delivery
     from newsletter.config import load_settings
     from newsletter.context import Context
+    from newsletter.delivery import send as delivery
 
     ctx = Context.open(load_settings(dotenv_path=None))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -133,7 +133,7 @@ def child_bare(n: int, port: int, connections: int) -> None:
     """Runs in a fresh process: a plain smtplib loop over pre-built bytes of the same size."""
     from newsletter.config import load_settings
     from newsletter.context import Context
-    from newsletter.message import MessageFactory
+    from newsletter.mail.message import MessageFactory
     from newsletter.models import Issue
 
     ctx = Context.open(load_settings(dotenv_path=None))

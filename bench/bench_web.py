@@ -156,9 +156,10 @@ def freeze_issue(env: dict[str, str]) -> tuple[int, int]:
     Freezing first keeps the measured phase about what matters: 20,000 deliveries
     committing to the file the web app writes to.
     """
-    from newsletter import delivery, digest
     from newsletter.config import load_settings
     from newsletter.context import Context
+    from newsletter.delivery import send as delivery
+    from newsletter.mail import digest
 
     ctx = Context.open(load_settings(env, dotenv_path=None))
     try:

@@ -223,6 +223,52 @@ def _smtp_url(value: str) -> str:
     return value
 
 
+_CRONTAB_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 = sun
+
+
+def _crontab_day(token: str) -> int:
+    if token.isdigit():
+        number = int(token)
+        if not 0 <= number <= 7:
+            raise ValueError(f"weekday {number} is out of range 0-7")
+        return number
+    try:
+        return _CRONTAB_DAYS.index(token)
+    except ValueError:
+        raise ValueError(f"unknown weekday {token!r}") from None
+
+
+def crontab_weekdays(field: str) -> str:
+    """Translate a crontab day-of-week field (0 or 7 = Sunday) into APScheduler day names.
+
+    The field is expanded to a set of days (lists, ranges, ``*/n`` steps) and written
+    back as names in APScheduler's order, e.g. ``1-5`` -> ``mon,tue,wed,thu,fri`` and
+    ``0,6`` -> ``sat,sun``; raises ValueError on anything that is not a weekday.
+    """
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, slash, step_text = part.partition("/")
+        if slash and not step_text.isdigit():
+            raise ValueError(f"bad step in weekday field {field!r}")
+        step = int(step_text) if slash else 1
+        if step < 1:
+            raise ValueError(f"bad step in weekday field {field!r}")
+        if span == "*":
+            low, high = 0, 6
+        elif "-" in span:
+            first, _, last = span.partition("-")
+            low, high = _crontab_day(first), _crontab_day(last)
+        else:
+            low = _crontab_day(span)
+            high = 7 if slash else low
+        if low > high:
+            raise ValueError(f"backwards weekday range in {field!r}")
+        days.update(day % 7 for day in range(low, high + 1, step))
+    if len(days) == 7:
+        return "*"
+    return ",".join(_CRONTAB_DAYS[day] for day in sorted(days, key=lambda d: (d - 1) % 7))
+
+
 def _cron(value: str) -> str:
     fields = value.split()
     if len(fields) != 5:
@@ -231,8 +277,6 @@ def _cron(value: str) -> str:
         )
     try:
         from apscheduler.triggers.cron import CronTrigger
-
-        from .triggers import crontab_weekdays
 
         # The digest trigger reads the weekday field the crontab way (0 or 7 = Sunday),
         # not APScheduler's (0 = Monday, no 7): validate it the way it will be used.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import Settings, load_settings
 from .db import Database, resolve_secret_key
-from .tokens import Tokens
+from .subscribers import Tokens
 
 _SOURCE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"

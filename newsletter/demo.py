@@ -20,7 +20,7 @@ from pathlib import Path
 from .config import Settings
 from .context import Context
 from .delivery import SendSummary, enqueue, send_issue, unfinished_issue
-from .digest import AlreadySentToday, build_issue
+from .mail import AlreadySentToday, build_issue
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 STORIES = EXAMPLES / "stories.xml"

@@ -10,8 +10,9 @@ from typing import Any
 from conftest import Received, RecordingHandler
 from sqlalchemy import insert, select
 
-from newsletter import ledger
 from newsletter.context import Context
+from newsletter.delivery import ledger
+from newsletter.mail.render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -22,7 +23,6 @@ from newsletter.models import (
     SubscriberStatus,
     utcnow,
 )
-from newsletter.render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL
 
 HTML = (
     f"<!doctype html><html><body><p>{GREETING}</p><p>A frozen issue.</p>"

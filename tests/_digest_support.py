@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from newsletter.config import load_settings
 from newsletter.context import Context
-from newsletter.digest import build_issue
+from newsletter.mail.digest import build_issue
 from newsletter.models import Story
-from newsletter.stories import import_sources
+from newsletter.stories.store import import_sources
 
 GOOD_FEEDS = ("bbc.xml", "theguardian.xml", "nytimes.xml", "elmundo.xml", "cnn.xml")
 

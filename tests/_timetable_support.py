@@ -25,9 +25,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from newsletter import stories, subscribers
 from newsletter.context import Context
 from newsletter.models import Delivery, DeliveryStatus, Issue, Lease
+from newsletter.stories import store as stories
+from newsletter.subscribers import store as subscribers
 
 ROOT = Path(__file__).resolve().parent.parent
 

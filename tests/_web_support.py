@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from newsletter.context import Context
 from newsletter.models import Subscriber
-from newsletter.web import create_app, web_state
+from newsletter.web.app import create_app, web_state
 
 BASE = "https://news.example.com"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -37,7 +37,7 @@ from newsletter.db import (
     upgrade,
 )
 from newsletter.models import AppState, Base, Delivery, Subscriber, SubscriberStatus
-from newsletter.tokens import CONFIRM_MAX_AGE, ExpiredToken, InvalidToken, Tokens
+from newsletter.subscribers.tokens import CONFIRM_MAX_AGE, ExpiredToken, InvalidToken, Tokens
 
 TABLES = {
     "stories",
@@ -393,7 +393,7 @@ def test_unsubscribe_tokens_never_expire() -> None:
 
 def test_subscriber_ids_are_never_reused_after_an_erase(ctx: Context) -> None:
     """Unsubscribe tokens carry the id and never expire: a new reader must get a new id."""
-    from newsletter.subscribers import add_subscriber, remove
+    from newsletter.subscribers.store import add_subscriber, remove
 
     with ctx.db.write() as session:
         first = add_subscriber(session, "first@example.com", confirmed=True)

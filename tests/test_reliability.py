@@ -23,9 +23,9 @@ from sqlalchemy import select
 
 from newsletter.config import Settings
 from newsletter.context import Context
-from newsletter.engine import FLUSH_EVERY
+from newsletter.delivery.engine import FLUSH_EVERY
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
-from newsletter.stories import import_sources
+from newsletter.stories.store import import_sources
 
 pytestmark = pytest.mark.slow
 

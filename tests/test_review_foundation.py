@@ -18,7 +18,7 @@ from newsletter.cli import main
 from newsletter.config import ConfigError, load_settings
 from newsletter.context import Context
 from newsletter.models import FeedState, Story
-from newsletter.stories import import_sources, poll_feed_db, set_featured
+from newsletter.stories.store import import_sources, poll_feed_db, set_featured
 
 
 def _rss(*items: tuple[str, str, str]) -> bytes:
@@ -209,8 +209,8 @@ def test_a_feed_that_drips_its_body_is_cut_off_at_the_timeout() -> None:
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from newsletter.feeds import fetch
-    from newsletter.stories_text import SourceError
+    from newsletter.stories.feeds import fetch
+    from newsletter.stories.text import SourceError
 
     body = _rss(("a1", "https://site.example/a", "Story A"))
 
@@ -285,7 +285,7 @@ def test_article_date_at_the_edge_of_time_is_not_a_traceback(
 
 
 def test_double_escaped_html_and_its_pixel_do_not_reach_the_summary() -> None:
-    from newsletter.feeds import parse_feed
+    from newsletter.stories.feeds import parse_feed
 
     rss = (
         b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'

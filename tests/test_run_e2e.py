@@ -32,10 +32,10 @@ from _timetable_support import (
 from conftest import FEEDS, RecordingHandler, SMTPServer, free_port, start_smtp
 from sqlalchemy import func, select
 
-from newsletter import jobs
 from newsletter.config import load_settings
 from newsletter.context import Context
 from newsletter.models import DeliveryStatus, Issue, IssueStatus, Story
+from newsletter.timetable import jobs
 
 pytestmark = pytest.mark.slow
 

@@ -18,17 +18,17 @@ from _web_support import Web, make_web, subscribe, web
 
 from newsletter.config import Settings
 from newsletter.context import Context
-from newsletter.headers import addr_spec
-from newsletter.message import MessageFactory, build_single
-from newsletter.models import Issue, IssueKind, IssueStatus
-from newsletter.render import (
+from newsletter.mail.headers import addr_spec
+from newsletter.mail.message import MessageFactory, build_single
+from newsletter.mail.render import (
     ARCHIVE_URL,
     GREETING,
     UNSUBSCRIBE_URL,
     finish_html,
     render_issue,
 )
-from newsletter.webguard import RateLimiter
+from newsletter.models import Issue, IssueKind, IssueStatus
+from newsletter.web.guard import RateLimiter
 
 __all__ = ["make_web", "web"]  # fixtures
 

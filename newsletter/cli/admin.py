@@ -8,7 +8,7 @@ import click
 
 from ..config import ConfigError, load_settings
 from ..db import current_revision, upgrade
-from . import AppState, SettingsError, pass_state
+from .state import AppState, SettingsError, pass_state
 
 
 @click.group("db")

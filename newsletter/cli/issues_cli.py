@@ -6,12 +6,12 @@ import click
 from rich.table import Table
 from sqlalchemy import func, select
 
-from .. import delivery, ledger
-from ..engine import lease_name
+from .. import delivery
+from ..delivery import lease_name, ledger
 from ..lease import current
 from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
-from . import AppState, pass_state
 from .sendview import console, run_issue
+from .state import AppState, pass_state
 
 _STYLE = {"sent": "green", "sending": "yellow", "paused": "red", "cancelled": "dim"}
 

@@ -22,11 +22,17 @@ import click
 from jinja2 import TemplateError
 
 from ..context import Context
-from ..digest import AlreadySentToday, build_issue, local_today
-from ..dkimsign import DkimKeyError
-from ..message import BuiltMessage, MessageFactory
-from ..render import GMAIL_CLIP_BYTES, TemplateProblem
-from . import AppState, pass_state
+from ..mail import (
+    GMAIL_CLIP_BYTES,
+    AlreadySentToday,
+    BuiltMessage,
+    DkimKeyError,
+    MessageFactory,
+    TemplateProblem,
+    build_issue,
+    local_today,
+)
+from .state import AppState, pass_state
 
 PREVIEW_SUBSCRIBER_ID = 0
 

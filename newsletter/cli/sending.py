@@ -19,14 +19,13 @@ from sqlalchemy.orm import Session
 
 from .. import delivery
 from ..context import Context
-from ..digest import AlreadySentToday, UnknownStories, build_issue
-from ..message import build_single
+from ..delivery import Outcome, open_transport
+from ..mail import AlreadySentToday, UnknownStories, build_issue, build_single
 from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
 from ..subscribers import InvalidEmail, normalise_email
-from ..transport import Outcome, open_transport
-from . import AppState, pass_state
 from .issues_cli import issues_group
 from .sendview import console, run_issue
+from .state import AppState, pass_state
 
 
 @dataclass
@@ -218,7 +217,7 @@ def send_command(
 def open_transport_description(ctx: Context) -> str:
     settings = ctx.settings
     if settings.smtp_url:
-        from ..transport import SMTPTarget
+        from ..delivery import SMTPTarget
 
         return f"{SMTPTarget.parse(settings.smtp_url)} ({settings.smtp_connections} connections)"
     return f"Maildir outbox {settings.outbox}/ (no NEWSLETTER_SMTP_URL set)"

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from ..context import Context
 from ..delivery import AlreadyFinished, IssueStateError, LeaseHeld, SendSummary
-from ..engine import Progress as SendProgress
+from ..delivery import Progress as SendProgress
 from ..models import DeliveryStatus, IssueStatus
 
 EXIT_FAILURES = 1  # the issue ended with failed deliveries or some still queued

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import AppState, pass_state
+from .state import AppState, pass_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,9 +12,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..feeds import DEFAULT_TIMEOUT
-from ..stories import InvalidStory, add_story, import_sources, list_stories, set_featured
-from . import AppState, pass_state
+from ..stories import (
+    DEFAULT_TIMEOUT,
+    InvalidStory,
+    add_story,
+    import_sources,
+    list_stories,
+    set_featured,
+)
+from .state import AppState, pass_state
 
 # Ids are database integers: a larger number is a typo, not an OverflowError traceback.
 STORY_ID = click.IntRange(min=1, max=2**63 - 1)

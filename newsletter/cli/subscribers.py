@@ -1,6 +1,6 @@
 """``newsletter subscribers add | import | export | list | remove``.
 
-Each command is a thin shell over :mod:`newsletter.subscribers` / :mod:`newsletter.csvio`
+Each command is a thin shell over :mod:`newsletter.subscribers` (store and CSV)
 and owns its transaction.  Input problems are one-line ``Error:`` messages with a
 non-zero exit code; an import reports every rejected or skipped row with its line
 number on stderr and exits 1 when any row was rejected, having still imported the
@@ -25,9 +25,9 @@ from rich.text import Text
 from sqlalchemy.orm import Session
 
 from .. import subscribers as subs
-from ..csvio import CsvError, CsvReport, apply_import, export_csv, parse_csv
 from ..models import SubscriberStatus
-from . import AppState, pass_state
+from ..subscribers import CsvError, CsvReport, apply_import, export_csv, parse_csv
+from .state import AppState, pass_state
 
 STATUS_CHOICE = click.Choice([s.value for s in SubscriberStatus], case_sensitive=False)
 

@@ -21,9 +21,9 @@ import click
 from .. import lease
 from ..config import ConfigError
 from ..context import Context
-from ..scheduler import LEASE_NAME, LeaseLost, Timetable, planned_jobs
-from . import AppState, SettingsError, pass_state
+from ..timetable import LEASE_NAME, LeaseLost, Timetable, planned_jobs
 from .server import web_options
+from .state import AppState, SettingsError, pass_state
 
 log = logging.getLogger("newsletter.scheduler")
 

@@ -1,0 +1,132 @@
+"""Choose the stories of an issue and freeze the issue (DESIGN.md "Delivery semantics" 1).
+
+A digest is the featured stories that no earlier (non-cancelled) digest carried,
+newest first, at most ``NEWSLETTER_MAX_STORIES``; nothing new means no issue at all.
+One digest per calendar day in ``NEWSLETTER_TIMEZONE``: the unique
+``issues.digest_date`` column is the guard, so two schedulers racing on the same
+morning cannot both create one (the loser gets :class:`AlreadySentToday`).
+A manual issue is built from stories an editor picked and is exempt from both
+rules.  Subject, HTML and text are rendered here once and stored on the row, so
+retries, resumes and the archive all use exactly the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..config import Settings
+from ..context import Context
+from ..models import Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
+from ..stories import list_stories
+from .headers import header_safe
+from .render import render_issue
+
+
+class AlreadySentToday(Exception):
+    """Today's digest exists already; ``issue_id``/``digest_date`` say which one."""
+
+    def __init__(self, digest_date: date, issue_id: int | None, status: str | None) -> None:
+        self.digest_date = digest_date
+        self.issue_id = issue_id
+        self.status = status
+        detail = f" (issue #{issue_id}, {status})" if issue_id is not None else ""
+        super().__init__(f"a digest for {digest_date.isoformat()} already exists{detail}")
+
+
+class UnknownStories(LookupError):
+    """A manual issue named story ids that do not exist."""
+
+    def __init__(self, missing: Sequence[int]) -> None:
+        self.missing = list(missing)
+        super().__init__("no such stories: " + ", ".join(str(i) for i in self.missing))
+
+
+def local_today(settings: Settings, now: datetime | None = None) -> date:
+    """Today's date where the newsroom is (NEWSLETTER_TIMEZONE), not where the server is."""
+    return (now or utcnow()).astimezone(settings.tz).date()
+
+
+def select_stories(session: Session, settings: Settings) -> list[Story]:
+    """Featured, never in a non-cancelled digest, newest first, at most max_stories."""
+    return list_stories(session, featured=True, unsent=True, limit=settings.max_stories)
+
+
+def digest_for(session: Session, day: date) -> Issue | None:
+    """The digest issue recorded for ``day``, whatever its status."""
+    return session.scalar(select(Issue).where(Issue.digest_date == day))
+
+
+def _manual_stories(session: Session, story_ids: Sequence[int]) -> list[Story]:
+    ids = list(dict.fromkeys(story_ids))  # keep the editor's order, drop repeats
+    if not ids:
+        raise ValueError("a manual issue needs at least one story id")
+    found = {s.id: s for s in session.scalars(select(Story).where(Story.id.in_(ids)))}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise UnknownStories(missing)
+    return [found[i] for i in ids]
+
+
+def build_issue(
+    session: Session,
+    ctx: Context,
+    *,
+    story_ids: Sequence[int] | None = None,
+    subject: str | None = None,
+    today: date | None = None,
+) -> Issue | None:
+    """Create the frozen issue (flushed, not committed), or None when nothing is new.
+
+    ``story_ids=None`` builds today's digest; raises :class:`AlreadySentToday` when
+    one exists.  With ``story_ids`` a manual issue of exactly those stories is
+    built.  ``subject`` overrides the rendered one (refused if it could break a
+    header: ``ValueError``).
+    """
+    settings = ctx.settings
+    if subject is not None:
+        subject = header_safe(subject.strip())
+        if not subject:
+            raise ValueError("the subject is empty")
+        if len(subject) > 250:
+            raise ValueError("the subject is longer than 250 characters")
+    day = today or local_today(settings)
+    if story_ids is None:
+        existing = digest_for(session, day)
+        if existing is not None:
+            raise AlreadySentToday(day, existing.id, existing.status.value)
+        stories = select_stories(session, settings)
+        if not stories:
+            return None
+        kind, digest_date = IssueKind.DIGEST, day
+    else:
+        stories = _manual_stories(session, story_ids)
+        kind, digest_date = IssueKind.MANUAL, None
+
+    rendered = render_issue(ctx, stories, day)
+    issue = Issue(
+        kind=kind,
+        subject=subject or rendered.subject,
+        status=IssueStatus.SENDING,
+        html=rendered.html,
+        text=rendered.text,
+        preheader=rendered.preheader,
+        digest_date=digest_date,
+    )
+    issue.stories = [IssueStory(story=story, position=i) for i, story in enumerate(stories)]
+    try:
+        with session.begin_nested():
+            session.add(issue)
+            session.flush()
+    except IntegrityError:
+        if digest_date is None:
+            raise
+        other = digest_for(session, digest_date)
+        raise AlreadySentToday(
+            digest_date, other.id if other else None, other.status.value if other else None
+        ) from None
+    return issue

@@ -1,0 +1,76 @@
+"""Addresses and names as stored: one canonical form per mailbox, names safe in headers.
+
+Split out of :mod:`newsletter.subscribers.store` (which re-exports these names) so the
+subscriber life cycle and the text rules each fit on a screen.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from email_validator import EmailNotValidError, validate_email
+
+NAME_MAX = 200  # the column's width; also keeps a To header sane
+EMAIL_MAX = 320  # longer input is rejected before it reaches the validator
+
+# Invisible characters that can reorder or hide text (bidi overrides, zero-width
+# space, BOM).  ZWJ/ZWNJ (U+200C/D) are kept: Persian and Indic names need them.
+_INVISIBLE = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+_LINE_BREAKS = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+class InvalidEmail(ValueError):
+    """The address is not usable; ``reason`` is email-validator's explanation."""
+
+    def __init__(self, raw: str, reason: str) -> None:
+        self.raw = raw
+        self.reason = reason
+        super().__init__(f"{raw!r} is not a valid email address: {reason}")
+
+
+def normalise_email(raw: str) -> str:
+    """The canonical stored form of ``raw``, or :class:`InvalidEmail` saying why not.
+
+    The form is the whole address lower-cased, with the domain in its ASCII (IDNA
+    "xn--") spelling: ``User@Bücher.Example`` and ``user@xn--bcher-kva.example``
+    both become ``user@xn--bcher-kva.example``.  Why ASCII rather than Unicode:
+    it is what goes on the wire (RCPT TO and the To header) with any SMTP server,
+    with no SMTPUTF8 extension and no header encoding corner cases, so what is
+    stored is exactly what is sent.  For the same reason addresses whose *local*
+    part is not ASCII are refused (email-validator's ``allow_smtputf8=False``):
+    they can only be delivered end to end over SMTPUTF8, which this sender does
+    not require of its relay.  The local part is lower-cased although RFC 5321
+    lets a server treat it case-sensitively: in practice no mailbox provider
+    does, and two rows for one person would mail them twice and break unsubscribe.
+    """
+    value = raw.strip()
+    if not value:
+        raise InvalidEmail(raw, "no address given")
+    if len(value) > EMAIL_MAX:
+        raise InvalidEmail(raw[:40] + "…", f"longer than {EMAIL_MAX} characters")
+    try:
+        result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise InvalidEmail(raw, str(exc)) from None
+    return str(result.ascii_email).lower()
+
+
+def clean_name(raw: str | None) -> str:
+    """A display name that is safe to put in a To header and on a page.
+
+    Control characters (CR/LF included: Python 3.11.7's email package would let a
+    newline through into a header, CVE-2024-6923), line/paragraph separators and
+    invisible bidi/zero-width characters are removed, whitespace runs collapse to
+    one space, and the result is capped at :data:`NAME_MAX` characters.  ``=?``
+    is broken up so a name can never be decoded by a mail client as an RFC 2047
+    encoded word (a way to smuggle a different-looking display name).
+    """
+    if not raw:
+        return ""
+    text = unicodedata.normalize("NFC", raw)
+    if not text.isprintable():  # fast path: printable text has no Cc/Cf/Zl/Zp characters
+        text = "".join(" " if unicodedata.category(ch) in _LINE_BREAKS else ch for ch in text)
+        text = _INVISIBLE.sub("", text)
+    text = text.replace("=?", "= ?")
+    return " ".join(text.split())[:NAME_MAX].rstrip()

@@ -1,0 +1,149 @@
+"""The public web app: subscribe, confirm, unsubscribe, archive, health.
+
+Routes (DESIGN.md "Web"), and the rules they keep:
+
+* State changes only on POST.  ``GET /confirm/<token>`` renders a form that submits
+  itself with one line of JS, so a person needs no extra click but a link scanner's
+  bare GET changes nothing; ``GET /unsubscribe/<token>`` shows one button and does
+  *not* submit itself, because a scanner must never unsubscribe anyone.
+* ``POST /unsubscribe/<token>`` is also the RFC 8058 one-click target: mailbox
+  providers POST ``List-Unsubscribe=One-Click`` with no cookie and no CSRF token,
+  and expect a 200 (never a redirect) however often they retry.
+* The subscribe answer is identical for new, pending and active addresses, and the
+  confirmation email is sent off the request thread (``confirmations``), so neither the
+  page nor its timing tells a prober who is on the list.
+* No redirects at all, so there is nothing to turn into an open redirect.
+* The client IP is the WSGI ``REMOTE_ADDR``; ``serve(trusted_proxy=...)`` lets
+  waitress rewrite it from X-Forwarded-For only for a named proxy.
+* Subscribe attempts are limited per client IP, an IPv6 client per /64
+  (``NEWSLETTER_WEB_RATE_IP``, default 20 per 10 minutes), and per target address,
+  ``+tag`` ignored (``NEWSLETTER_WEB_RATE_ADDRESS``, default 3 per hour, so nobody
+  can mail-bomb an address through us); see ``guard`` for why the counters live
+  in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from ..context import Context
+from . import guard, public
+from .confirmations import ConfirmationMailer
+from .guard import Limits
+from .public import HONEYPOT_FIELD
+
+log = logging.getLogger("newsletter.web")
+
+
+class WebState:
+    """What the routes share: the Context, the limiters and the confirmation mailer."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.limits = Limits.from_settings(ctx.settings)
+        self.mailer = ConfirmationMailer(ctx)
+        self._write_lock = threading.Lock()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, one request thread at a time.
+
+        SQLite allows one writer; threads of this process that collide would wait in
+        SQLite's busy handler, which sleeps and polls (up to 100 ms a nap) and makes
+        the latency tail long.  Queueing on a Python lock first hands the write
+        lock over the moment it is free; only another process (a sender) still
+        meets the busy timeout.  Writes here are single-row and short.
+        """
+        with self._write_lock, self.ctx.db.write() as session:
+            yield session
+
+
+def create_app(ctx: Context | None = None) -> Flask:
+    """Build the Flask app for ``ctx`` (opened from the environment when omitted)."""
+    ctx = ctx if ctx is not None else Context.open()
+    app = Flask(
+        "newsletter",
+        template_folder=str(ctx.templates_dir),
+        static_folder=None,
+    )
+    app.config.update(
+        SECRET_KEY=ctx.secret_key,
+        SESSION_COOKIE_NAME="newsletter_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=ctx.settings.base_url.startswith("https://"),
+        MAX_CONTENT_LENGTH=64 * 1024,
+        PROPAGATE_EXCEPTIONS=False,
+        TRAP_HTTP_EXCEPTIONS=False,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    state = WebState(ctx)
+    app.extensions["newsletter"] = state
+    guard.install(app)
+    app.jinja_env.globals.update(
+        site_name=ctx.settings.site_name,
+        postal_address=ctx.settings.postal_address,
+        honeypot_field=HONEYPOT_FIELD,
+    )
+    app.register_blueprint(public.blueprint)
+    return app
+
+
+def web_state(app: Flask) -> WebState:
+    state = app.extensions["newsletter"]
+    assert isinstance(state, WebState)
+    return state
+
+
+def serve(
+    app: Flask,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int = 8,
+    trusted_proxy: str | None = None,
+) -> None:
+    """Run ``app`` on waitress (blocking) - never Flask's development server.
+
+    With ``trusted_proxy`` set (the proxy's IP), waitress replaces REMOTE_ADDR with
+    the X-Forwarded-For client for requests from that proxy only; without it the
+    header is ignored, so clients cannot spoof their IP to dodge the rate limit.
+    """
+    import waitress
+
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "threads": threads,
+        "ident": "newsletter",
+        "clear_untrusted_proxy_headers": True,
+    }
+    if trusted_proxy:
+        options.update(trusted_proxy=trusted_proxy, trusted_proxy_headers={"x-forwarded-for"})
+    installed = False
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        # SIGTERM (systemd, docker stop) ends waitress's loop like Ctrl+C does, so
+        # the confirmation emails still queued are sent before the process exits.
+        # A caller with its own handler (``newsletter run``) keeps it.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        installed = True
+    try:
+        waitress.serve(app, **options)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        web_state(app).mailer.close()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -1,0 +1,250 @@
+"""The web app's defences: CSRF tokens, rate limits, security headers, error pages.
+
+Kept apart from the routes (``web.py``) so each piece can be read and tested on its
+own, and so the routes read as the product behaviour rather than as plumbing.
+
+* **CSRF**: a random token kept in Flask's signed session cookie and echoed in a
+  hidden form field (synchroniser token).  Only the subscribe and "send me a new
+  link" forms need it: confirm and unsubscribe are authorised by the signed token in
+  their URL, and RFC 8058 one-click POSTs arrive with no cookie at all.
+* **Rate limits**: in-process sliding windows, per client IP and per target address.
+  One ``newsletter serve`` process (waitress, many threads) shares one limiter, which
+  is all a single-machine deployment needs; several processes behind a balancer
+  would each count separately (so the effective limit is N times higher), which is
+  an accepted, documented trade-off rather than a reason to add Redis.
+* **Headers**: a strict CSP with a per-response nonce (the confirm page's one-line
+  auto-submit script carries it), ``nosniff``, no framing, and
+  ``Referrer-Policy: no-referrer`` plus ``Cache-Control: no-store`` on pages whose
+  URL holds a token, so the token never leaks to a third party or a shared cache.
+* **Errors**: every error, including an unexpected exception, becomes a plain page
+  with no detail; the traceback goes to the log only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flask import Flask, Response, g, render_template, request, session
+from werkzeug.exceptions import HTTPException
+
+from ..config import Settings, parse_limit
+
+log = logging.getLogger("newsletter.web")
+
+CSRF_FIELD = "csrf_token"
+_CSRF_KEY = "csrf"
+
+_ERROR_TEXT = {
+    400: ("Bad request", "That link or form is not valid."),
+    403: ("Forbidden", "This request was refused."),
+    404: ("Not found", "There is nothing here."),
+    405: ("Not allowed", "That method is not allowed here."),
+    413: ("Too large", "That request is too large."),
+    429: ("Too many requests", "Too many attempts. Please wait a while and try again."),
+    500: ("Something went wrong", "Sorry, something went wrong on our side. Please try later."),
+    503: ("Unavailable", "The service is unavailable right now. Please try later."),
+}
+
+
+# --------------------------------------------------------------------------- CSRF
+
+
+def csrf_token() -> str:
+    """The session's CSRF token, created on first use (templates call this)."""
+    token = session.get(_CSRF_KEY)
+    if not isinstance(token, str) or len(token) < 32:
+        token = secrets.token_urlsafe(32)
+        session[_CSRF_KEY] = token
+    return token
+
+
+def csrf_valid() -> bool:
+    """True when the posted form field matches the session's token (constant time)."""
+    expected = session.get(_CSRF_KEY)
+    given = request.form.get(CSRF_FIELD, "")
+    if not isinstance(expected, str) or not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+@dataclass
+class RateLimiter:
+    """At most ``limit`` hits per ``period`` seconds per key (sliding window, thread-safe).
+
+    Memory is bounded: idle keys are pruned, and past ``max_keys`` the oldest keys
+    are dropped (an attacker spraying keys can only make the limiter forget, which
+    fails open for a moment rather than exhausting memory).
+    """
+
+    limit: int
+    period: float
+    max_keys: int = 100_000
+    clock: Callable[[], float] = time.monotonic
+    _hits: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def hit(self, key: str) -> bool:
+        """Record one attempt for ``key``; False when it is over the limit (not recorded)."""
+        now = self.clock()
+        horizon = now - self.period
+        with self._lock:
+            window = self._hits.get(key)
+            if window is None:
+                if len(self._hits) >= self.max_keys:
+                    self._prune(horizon)
+                window = self._hits[key] = deque()
+            while window and window[0] <= horizon:
+                window.popleft()
+            if len(window) >= self.limit:
+                return False
+            window.append(now)
+            return True
+
+    def _prune(self, horizon: float) -> None:
+        for key in [k for k, w in self._hits.items() if not w or w[-1] <= horizon]:
+            del self._hits[key]
+        # Still full: drop the least recently used tenth in one go, so that a spray of
+        # new keys pays for this scan and sort once per max_keys/10 keys, not on every
+        # request while holding the lock every request needs.
+        overflow = len(self._hits) - self.max_keys + max(self.max_keys // 10, 1)
+        if overflow > 0:
+            oldest = sorted(self._hits, key=lambda k: self._hits[k][-1])[:overflow]
+            for key in oldest:
+                del self._hits[key]
+
+
+def ip_key(remote: str) -> str:
+    """The per-client rate-limit key: the IPv4 address, or the IPv6 /64.
+
+    An IPv6 host is normally handed a whole /64 and can pick any address in it,
+    so counting single IPv6 addresses would limit nobody.
+    """
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return f"ip:{remote}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is None:
+            return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+        ip = mapped
+    return f"ip:{ip}"
+
+
+def address_key(email: str) -> str:
+    """The per-target rate-limit key: ``victim+1@`` and ``victim+2@`` are one inbox."""
+    local, _, domain = email.rpartition("@")
+    return f"addr:{local.split('+', 1)[0] or local}@{domain}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The web app's limiters, configured from ``NEWSLETTER_WEB_RATE_*``."""
+
+    per_ip: RateLimiter
+    per_address: RateLimiter
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """NEWSLETTER_WEB_RATE_IP / _ADDRESS (``COUNT/PERIOD``, validated by config)."""
+        ip = parse_limit(settings.web_rate_ip)
+        address = parse_limit(settings.web_rate_address)
+        return cls(per_ip=RateLimiter(*ip), per_address=RateLimiter(*address))
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def no_referrer() -> None:
+    """Mark this response as a token page: no Referer, no caching."""
+    g.token_page = True
+
+
+def allow_script() -> None:
+    """Allow this response's nonce-carrying inline script (the confirm auto-submit)."""
+    g.allow_script = True
+
+
+def csp_nonce() -> str:
+    """A fresh nonce per response for the page's own <style> (and <script>)."""
+    nonce = g.get("csp_nonce")
+    if nonce is None:
+        nonce = g.csp_nonce = secrets.token_urlsafe(16)
+    return str(nonce)
+
+
+def archive_page() -> None:
+    """Mark this response as a frozen issue: its inline style attributes need a looser CSP."""
+    g.archive_page = True
+
+
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    if g.get("archive_page"):
+        # The frozen email is inline-styled (premailer) and shows remote story images.
+        csp = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+    else:
+        nonce = csp_nonce()
+        script = f"script-src 'nonce-{nonce}'; " if g.get("allow_script") else ""
+        csp = (
+            f"default-src 'none'; style-src 'nonce-{nonce}'; {script}img-src 'self' data:; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        )
+    headers["Content-Security-Policy"] = csp
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    if g.get("token_page"):
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["Cache-Control"] = "no-store"
+    else:
+        headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+        if request.method == "POST" or session.get(_CSRF_KEY):
+            headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def error_page(code: int) -> tuple[str, int]:
+    """A plain page for ``code``; falls back to bare text if even the template fails."""
+    title, message = _ERROR_TEXT.get(code, _ERROR_TEXT[500])
+    try:
+        return render_template("web/error.html", code=code, title=title, message=message), code
+    except Exception:  # the error page must never itself raise
+        log.exception("error template failed")
+        return f"{code} {title}\n", code
+
+
+def _handle_http(exc: HTTPException) -> tuple[str, int]:
+    return error_page(exc.code or 500)
+
+
+def _handle_exception(exc: Exception) -> tuple[str, int]:
+    if isinstance(exc, HTTPException):
+        return _handle_http(exc)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_page(500)
+
+
+def install(app: Flask) -> None:
+    """Wire headers, error pages and template helpers into ``app``."""
+    app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _handle_http)
+    app.register_error_handler(Exception, _handle_exception)
+    app.jinja_env.globals.update(csrf_token=csrf_token, csp_nonce=csp_nonce, csrf_field=CSRF_FIELD)

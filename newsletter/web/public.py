@@ -1,0 +1,283 @@
+"""The ``public`` blueprint: subscribe, confirm, unsubscribe, archive, health.
+
+One function per route; the rules they keep are listed in :mod:`newsletter.web.app`.
+What the routes share (the Context, the limiters, the confirmation mailer) is the
+app's :class:`~newsletter.web.app.WebState`, found through ``current_app`` so that
+this module never imports the factory that registers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, abort, current_app, render_template, request
+from sqlalchemy import select, text
+
+from .. import subscribers as subs
+from ..context import Context
+from ..mail import addr_spec
+from ..models import Issue, IssueStatus, Subscriber, SubscriberStatus
+from ..subscribers import ExpiredToken, InvalidToken
+from . import guard
+from .confirmations import Confirmation
+from .guard import address_key, csrf_valid, error_page, ip_key, no_referrer
+
+if TYPE_CHECKING:
+    from .app import WebState
+
+log = logging.getLogger("newsletter.web")
+
+HONEYPOT_FIELD = "website"
+MAX_TOKEN_LENGTH = 512
+MAX_ISSUE_ID = 2**63 - 1  # SQLite's INTEGER; a larger id is simply not there
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
+
+blueprint = Blueprint("public", __name__)
+
+
+def _state() -> WebState:
+    """The app's shared state (set by ``create_app``)."""
+    state: WebState = current_app.extensions["newsletter"]
+    return state
+
+
+def _ctx() -> Context:
+    return _state().ctx
+
+
+def _client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _checked_token(token: str) -> str:
+    """Reject absurd tokens before any crypto; the token page must not be cached or leaked."""
+    no_referrer()
+    if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(token):
+        abort(400)
+    return token
+
+
+def _page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
+    return render_template(f"web/{template}", **values), status
+
+
+def _confirmation_for(subscriber: Subscriber | None) -> Confirmation | None:
+    """The email to queue once the transaction has committed (never before)."""
+    if subscriber is None:
+        return None
+    ctx = _ctx()
+    url = f"{ctx.settings.base_url}/confirm/{ctx.tokens.confirm(subscriber.id)}"
+    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url)
+
+
+@blueprint.get("/")
+@blueprint.get("/subscribe")
+def subscribe_form() -> tuple[str, int]:
+    return _page("subscribe.html", email="", name="", error=None, reason=None)
+
+
+@blueprint.post("/subscribe")
+def subscribe() -> tuple[str, int]:
+    state = _state()
+    if not csrf_valid():
+        return _page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
+    if not state.limits.per_ip.hit(ip_key(_client_ip())):
+        return error_page(429)
+    if request.form.get(HONEYPOT_FIELD, "").strip():
+        # A bot filled the invisible field: look successful, do nothing.
+        log.info("honeypot filled from %s", _client_ip())
+        return _page("check_inbox.html")
+    raw_email = request.form.get("email", "")[:512]
+    raw_name = request.form.get("name", "")[:512]
+    try:
+        email = addr_spec(subs.normalise_email(raw_email))
+    except subs.InvalidEmail as exc:
+        return _page(
+            "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
+            reason=exc.reason,
+        )  # fmt: skip
+    except ValueError:  # valid, but unsafe in a header (an encoded word, ...)
+        return _page(
+            "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
+            reason="This address cannot be used.",
+        )  # fmt: skip
+    if not state.limits.per_address.hit(address_key(email)):
+        return error_page(429)
+    name = subs.clean_name(raw_name)
+    with state.write() as session:
+        mail = _confirmation_for(subs.request_subscription(session, email, name))
+    if mail is not None:
+        state.mailer.submit(mail)
+    return _page("check_inbox.html")
+
+
+def _confirm_id(token: str) -> int | tuple[str, int]:
+    """The subscriber id a confirm token carries, or the expired-link page."""
+    try:
+        return _ctx().tokens.read_confirm(token)
+    except ExpiredToken as exc:
+        return _expired(exc.subscriber_id, token)
+    except InvalidToken:
+        abort(400)
+
+
+@blueprint.get("/confirm/<token>")
+def confirm_page(token: str) -> tuple[str, int]:
+    token = _checked_token(token)
+    subscriber_id = _confirm_id(token)
+    if not isinstance(subscriber_id, int):
+        return subscriber_id
+    with _ctx().db.read() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None:
+            abort(404)
+        if subscriber.status == SubscriberStatus.ACTIVE:
+            return _page("confirmed.html")
+    guard.allow_script()
+    return _page("confirm.html", token=token)
+
+
+@blueprint.post("/confirm/<token>")
+def confirm(token: str) -> tuple[str, int]:
+    token = _checked_token(token)
+    subscriber_id = _confirm_id(token)
+    if not isinstance(subscriber_id, int):
+        return subscriber_id
+    with _state().write() as session:
+        subscriber = subs.confirm(session, subscriber_id, _client_ip())
+        if subscriber is None:
+            abort(404)
+        confirmed = subscriber.status == SubscriberStatus.ACTIVE
+    if confirmed:
+        return _page("confirmed.html")
+    # A link from before the person unsubscribed: it no longer applies.
+    return _page("expired.html", token=token, known=False)
+
+
+def _expired(subscriber_id: int | None, token: str) -> tuple[str, int]:
+    if subscriber_id is None:
+        abort(400)
+    with _ctx().db.read() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is not None and subscriber.status == SubscriberStatus.ACTIVE:
+            return _page("confirmed.html")
+        known = _can_resend(subscriber)
+    return _page("expired.html", token=token, known=known)
+
+
+@blueprint.post("/confirm/<token>/resend")
+def resend(token: str) -> tuple[str, int]:
+    state = _state()
+    token = _checked_token(token)
+    if not csrf_valid():
+        abort(400)
+    try:
+        subscriber_id: int | None = state.ctx.tokens.read_confirm(token)
+    except ExpiredToken as exc:  # genuine signature, only too old: the normal case
+        subscriber_id = exc.subscriber_id
+    except InvalidToken:
+        abort(400)
+    if not state.limits.per_ip.hit(ip_key(_client_ip())):
+        return error_page(429)
+    with state.write() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is not None and subscriber.status == SubscriberStatus.ACTIVE:
+            return _page("confirmed.html")
+        if subscriber is None or not _can_resend(subscriber):
+            # Purged, or left since: a fresh signup is the way back in.
+            return _page("expired.html", token=token, known=False)
+        if not state.limits.per_address.hit(address_key(subscriber.email)):
+            return error_page(429)
+        again = subs.request_subscription(session, subscriber.email, subscriber.name)
+        mail = _confirmation_for(again)
+    if mail is not None:
+        state.mailer.submit(mail)
+    return _page("check_inbox.html")
+
+
+@blueprint.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str) -> tuple[str, int]:
+    ctx = _ctx()
+    token = _checked_token(token)
+    subscriber_id = _unsubscribe_id(ctx, token)
+    with ctx.db.read() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None:
+            abort(404)
+        done = subscriber.status == SubscriberStatus.UNSUBSCRIBED
+    return _page("unsubscribe.html", token=token, already=done)
+
+
+@blueprint.post("/unsubscribe/<token>")
+def unsubscribe(token: str) -> tuple[str, int]:
+    # RFC 8058: no cookie, no CSRF token, any body; 200 every time, never a redirect.
+    token = _checked_token(token)
+    subscriber_id = _unsubscribe_id(_ctx(), token)
+    with _state().write() as session:
+        subscriber = subs.unsubscribe(session, subscriber_id)
+        if subscriber is None:
+            abort(404)
+    return _page("unsubscribed.html")
+
+
+@blueprint.get("/archive")
+def archive() -> tuple[str, int]:
+    with _ctx().db.read() as session:
+        rows = session.execute(
+            select(Issue.id, Issue.subject, Issue.finished_at, Issue.created_at)
+            .where(Issue.status == IssueStatus.SENT)
+            .order_by(Issue.id.desc())
+            .limit(500)
+        ).all()
+    issues = [
+        {"id": r.id, "subject": r.subject, "date": (r.finished_at or r.created_at).date()}
+        for r in rows
+    ]
+    return _page("archive.html", issues=issues)
+
+
+@blueprint.get("/archive/<int:issue_id>")
+def archive_issue(issue_id: int) -> Response:
+    from ..mail import public_copy
+
+    ctx = _ctx()
+    if issue_id > MAX_ISSUE_ID:
+        abort(404)
+    with ctx.db.read() as session:
+        issue = session.get(Issue, issue_id)
+        if issue is None or issue.status != IssueStatus.SENT:
+            abort(404)
+        # The frozen bytes, with the per-reader placeholders made neutral.
+        html = public_copy(issue.html, base_url=ctx.settings.base_url, issue_id=issue.id)
+    guard.archive_page()
+    return Response(html, mimetype="text/html")
+
+
+@blueprint.get("/healthz")
+def healthz() -> tuple[str, int, dict[str, str]]:
+    plain = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+    try:
+        with _ctx().db.read() as session:
+            session.execute(text("SELECT 1")).scalar_one()
+    except Exception:
+        log.exception("health check: database not answering")
+        return "database unavailable\n", 503, plain
+    return "ok\n", 200, plain
+
+
+def _can_resend(subscriber: Subscriber | None) -> bool:
+    """A new confirmation link makes sense: pending, or re-requested after leaving."""
+    if subscriber is None:
+        return False
+    if subscriber.status == SubscriberStatus.PENDING:
+        return True
+    return subscriber.confirm_sent_at is not None and subscriber.status != SubscriberStatus.ACTIVE
+
+
+def _unsubscribe_id(ctx: Context, token: str) -> int:
+    try:
+        return ctx.tokens.read_unsubscribe(token)
+    except InvalidToken:
+        abort(400)
