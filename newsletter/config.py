@@ -319,7 +319,9 @@ def _origins(value: str) -> tuple[str, ...]:
             continue
         origin = origin_of(item)
         if origin is None or not _bare(item):
-            raise ConfigError(f"{name}: expected origins like https://www.site.example, got {item!r}")
+            raise ConfigError(
+                f"{name}: expected origins like https://www.site.example, got {item!r}"
+            )
         origins.append(origin)
     return tuple(dict.fromkeys(origins))
 

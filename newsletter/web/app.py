@@ -35,7 +35,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from ..context import Context
-from . import guard, public
+from . import guard, origins, public
 from .confirmations import ConfirmationMailer
 from .guard import Limits
 from .public import HONEYPOT_FIELD
@@ -88,6 +88,7 @@ def create_app(ctx: Context | None = None) -> Flask:
     state = WebState(ctx)
     app.extensions["newsletter"] = state
     guard.install(app)
+    origins.install(app)
     app.jinja_env.globals.update(
         site_name=ctx.settings.site_name,
         postal_address=ctx.settings.postal_address,

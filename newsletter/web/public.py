@@ -20,8 +20,9 @@ from ..context import Context
 from ..mail import addr_spec
 from ..models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from ..subscribers import ExpiredToken, InvalidToken
-from . import guard
+from . import guard, origins
 from .confirmations import Confirmation
+from .embed import HONEYPOT_FIELD as HONEYPOT_FIELD  # our form and the embed: one name
 from .guard import address_key, csrf_valid, error_page, ip_key, no_referrer
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("newsletter.web")
 
-HONEYPOT_FIELD = "website"
 MAX_TOKEN_LENGTH = 512
 MAX_ISSUE_ID = 2**63 - 1  # SQLite's INTEGER; a larger id is simply not there
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -79,38 +79,44 @@ def subscribe_form() -> tuple[str, int]:
 
 
 @blueprint.post("/subscribe")
-def subscribe() -> tuple[str, int]:
+def subscribe() -> Any:
+    # From an allowed origin (the site's footer form) the Origin check stands in for
+    # the CSRF token; answers go through ``origins.reply`` (page, 303 or JSON).
     state = _state()
-    if not csrf_valid():
-        return _page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
+    if origins.source() is not origins.Source.ALLOWED and not csrf_valid():
+        page = _page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
+        return origins.reply(page, "csrf")
     if not state.limits.per_ip.hit(ip_key(_client_ip())):
-        return error_page(429)
-    if request.form.get(HONEYPOT_FIELD, "").strip():
+        return origins.reply(error_page(429), "rate_limited")
+    fields = origins.posted_fields()
+    if fields.get(HONEYPOT_FIELD, "").strip():
         # A bot filled the invisible field: look successful, do nothing.
         log.info("honeypot filled from %s", _client_ip())
-        return _page("check_inbox.html")
-    raw_email = request.form.get("email", "")[:512]
-    raw_name = request.form.get("name", "")[:512]
+        return origins.reply(_page("check_inbox.html"), "check_inbox")
+    raw_email = fields.get("email", "")[:512]
+    raw_name = fields.get("name", "")[:512]
     try:
         email = addr_spec(subs.normalise_email(raw_email))
     except subs.InvalidEmail as exc:
-        return _page(
+        page = _page(
             "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
             reason=exc.reason,
         )  # fmt: skip
+        return origins.reply(page, "email", exc.reason)
     except ValueError:  # valid, but unsafe in a header (an encoded word, ...)
-        return _page(
+        page = _page(
             "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
             reason="This address cannot be used.",
         )  # fmt: skip
+        return origins.reply(page, "email", "This address cannot be used.")
     if not state.limits.per_address.hit(address_key(email)):
-        return error_page(429)
+        return origins.reply(error_page(429), "rate_limited")
     name = subs.clean_name(raw_name)
     with state.write() as session:
         mail = _confirmation_for(subs.request_subscription(session, email, name))
     if mail is not None:
         state.mailer.submit(mail)
-    return _page("check_inbox.html")
+    return origins.reply(_page("check_inbox.html"), "check_inbox")
 
 
 def _confirm_id(token: str) -> int | tuple[str, int]:
