@@ -295,7 +295,9 @@ def render_issue(ctx: Context, stories: Sequence[Story], issue_date: date) -> Re
     return Rendered(values["subject"], finish_html(html), text, preheader)
 
 
-def render_confirmation(ctx: Context, name: str, confirm_url: str) -> Rendered:
+def render_confirmation(
+    ctx: Context, name: str, confirm_url: str, preferences_url: str | None = None
+) -> Rendered:
     """The double opt-in email (``confirm.html``/``confirm.txt``) for one person.
 
     Uses the same variables as ``webmail.render_confirmation`` so either caller works.
@@ -315,6 +317,7 @@ def render_confirmation(ctx: Context, name: str, confirm_url: str) -> Rendered:
         "base_url": settings.base_url,
         "postal_address": clean_text(settings.postal_address),
         "expires_days": CONFIRM_MAX_AGE.days,
+        "preferences_url": http_url(preferences_url),
         "settings": settings,
         "subject": subject,
     }

@@ -10,8 +10,9 @@ bounced``.  Two rules shape every function here:
   :func:`normalise_email` for the exact form and why.
 * **Suppression is sticky.**  An unsubscribed or bounced row is kept, so the address
   stays off the list: the CLI and CSV imports never reactivate it.  The only way
-  back is the person's own fresh request *and* confirmation through the web form
-  (:func:`request_subscription` then :func:`confirm`).  Only ``remove --erase``
+  back for someone who unsubscribed is their own fresh request *and* confirmation
+  through the web form (:func:`request_subscription` then :func:`confirm`); a
+  bounced or complained address never comes back through the form.  Only ``remove --erase``
   deletes the row (right to erasure), which by definition forgets the address too.
 
 Domain functions take the session first and never commit: the CLI, web app and
@@ -123,10 +124,12 @@ def request_subscription(
 
     * new address: a pending row (source ``web``) is created;
     * pending: the same row, so a lost or expired confirmation can be re-sent;
-    * unsubscribed or bounced: the row is returned *unchanged in status*, so the
-      person can come back, but only by confirming (the address stays suppressed
-      until then, and an unconfirmed request never turns it into a purgeable
-      pending row);
+    * unsubscribed: the row is returned *unchanged in status*, so the person can
+      come back, but only by confirming (the address stays suppressed until then,
+      and an unconfirmed request never turns it into a purgeable pending row);
+    * bounced, complained (any status but pending/unsubscribed/active): None,
+      nothing is sent and nothing changes: the form never re-activates an address
+      that bounced or reported us as spam (the page answers the same either way);
     * active: None, nothing to send (the web page answers the same either way).
 
     ``confirm_sent_at`` is set to ``now``: it marks the open request that
@@ -152,7 +155,7 @@ def request_subscription(
         session.add(subscriber)
         session.flush()
         return subscriber
-    if subscriber.status is SubscriberStatus.ACTIVE:
+    if subscriber.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
         return None
     if name:
         subscriber.name = name
@@ -168,10 +171,11 @@ def confirm(
 
     Idempotent: confirming an active subscriber changes nothing (the first consent
     record is the one kept).  A pending row becomes active with ``confirmed_at``,
-    ``consent_at`` and ``consent_ip``.  An unsubscribed or bounced row comes back
-    only if the person asked again after leaving (:func:`request_subscription`
-    set ``confirm_sent_at``, which unsubscribing and bouncing clear); otherwise an
-    old confirmation link from before they left is ignored.  Callers check
+    ``consent_at`` and ``consent_ip``.  An unsubscribed row comes back only if the
+    person asked again after leaving (:func:`request_subscription` set
+    ``confirm_sent_at``, which unsubscribing clears), with a new consent record;
+    otherwise an old confirmation link from before they left is ignored.  A
+    bounced or complained row never comes back this way.  Callers check
     ``.status``: only ``active`` means confirmed.
     """
     subscriber = session.get(Subscriber, subscriber_id)
@@ -179,6 +183,8 @@ def confirm(
         return None
     if subscriber.status is SubscriberStatus.ACTIVE:
         return subscriber
+    if subscriber.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
+        return subscriber  # bounced or complained: only an operator's decision changes that
     if subscriber.status in SUPPRESSED and subscriber.confirm_sent_at is None:
         return subscriber
     now = now or utcnow()
@@ -187,6 +193,7 @@ def confirm(
     subscriber.consent_at = now
     subscriber.consent_ip = _clean_ip(ip)
     subscriber.unsubscribed_at = None
+    subscriber.paused_until = None
     session.flush()
     return subscriber
 

@@ -12,10 +12,10 @@ own, and so the routes read as the product behaviour rather than as plumbing.
   is all a single-machine deployment needs; several processes behind a balancer
   would each count separately (so the effective limit is N times higher), which is
   an accepted, documented trade-off rather than a reason to add Redis.
-* **Headers**: a strict CSP with a per-response nonce (the confirm page's one-line
-  auto-submit script carries it), ``nosniff``, no framing, and
-  ``Referrer-Policy: no-referrer`` plus ``Cache-Control: no-store`` on pages whose
-  URL holds a token, so the token never leaks to a third party or a shared cache.
+* **Headers**: a strict CSP with a per-response nonce (for the page's own style),
+  ``nosniff``, no framing, and ``Referrer-Policy: no-referrer`` plus
+  ``Cache-Control: no-store`` on pages whose URL holds a token, so the token never
+  leaks to a third party or a shared cache.
 * **Errors**: every error, including an unexpected exception, becomes a plain page
   with no detail; the traceback goes to the log only.
 """
@@ -172,7 +172,7 @@ def no_referrer() -> None:
 
 
 def allow_script() -> None:
-    """Allow this response's nonce-carrying inline script (the confirm auto-submit)."""
+    """Allow this response's nonce-carrying inline script (no page uses one now)."""
     g.allow_script = True
 
 

@@ -24,6 +24,7 @@ from . import guard, origins
 from .confirmations import Confirmation
 from .embed import HONEYPOT_FIELD as HONEYPOT_FIELD  # our form and the embed: one name
 from .guard import address_key, csrf_valid, error_page, ip_key, no_referrer
+from .welcome import welcome_for
 
 if TYPE_CHECKING:
     from .app import WebState
@@ -68,8 +69,10 @@ def _confirmation_for(subscriber: Subscriber | None) -> Confirmation | None:
     if subscriber is None:
         return None
     ctx = _ctx()
-    url = f"{ctx.settings.base_url}/confirm/{ctx.tokens.confirm(subscriber.id)}"
-    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url)
+    base = ctx.settings.base_url
+    url = f"{base}/confirm/{ctx.tokens.confirm(subscriber.id)}"
+    preferences = f"{base}/preferences/{ctx.tokens.preferences(subscriber.id)}"
+    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url, preferences)
 
 
 @blueprint.get("/")
@@ -141,7 +144,7 @@ def confirm_page(token: str) -> tuple[str, int]:
             abort(404)
         if subscriber.status == SubscriberStatus.ACTIVE:
             return _page("confirmed.html")
-    guard.allow_script()
+    # One button, pressed by a person: a link scanner's browser opening it confirms nobody.
     return _page("confirm.html", token=token)
 
 
@@ -151,11 +154,18 @@ def confirm(token: str) -> tuple[str, int]:
     subscriber_id = _confirm_id(token)
     if not isinstance(subscriber_id, int):
         return subscriber_id
-    with _state().write() as session:
+    state = _state()
+    with state.write() as session:
+        before = session.scalar(select(Subscriber.status).where(Subscriber.id == subscriber_id))
         subscriber = subs.confirm(session, subscriber_id, _client_ip())
         if subscriber is None:
             abort(404)
         confirmed = subscriber.status == SubscriberStatus.ACTIVE
+        welcome = None
+        if confirmed and before != SubscriberStatus.ACTIVE:  # this click did it: welcome once
+            welcome = welcome_for(session, subscriber, before == SubscriberStatus.UNSUBSCRIBED)
+    if welcome is not None:
+        state.mailer.submit(welcome)
     if confirmed:
         return _page("confirmed.html")
     # A link from before the person unsubscribed: it no longer applies.
