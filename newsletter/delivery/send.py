@@ -110,9 +110,13 @@ def unfinished_issue(session: Session) -> Issue | None:
 
 
 def _default_build(ctx: Context, issue: Issue) -> BuildFn:
-    from ..mail import MessageFactory
+    from ..mail.variants import issue_builder
+    from .variants import load_variants
 
-    return MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text).build
+    with ctx.db.read() as session:  # readers' section renderings (usually none)
+        variants, assignment = load_variants(session, issue.id)
+    whole = (issue.subject, issue.html, issue.text)
+    return issue_builder(ctx, issue.id, whole, variants, assignment)
 
 
 def _take_lease(ctx: Context, issue_id: int, holder: Holder, ttl: timedelta) -> None:

@@ -25,6 +25,7 @@ from ..models import Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
 from ..stories import list_stories
 from .headers import header_safe
 from .render import render_issue
+from .variants import record_variants
 
 
 class AlreadySentToday(Exception):
@@ -129,4 +130,5 @@ def build_issue(
         raise AlreadySentToday(
             digest_date, other.id if other else None, other.status.value if other else None
         ) from None
+    record_variants(session, issue, stories, lambda subset: render_issue(ctx, subset, day), subject)
     return issue

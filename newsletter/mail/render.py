@@ -43,12 +43,13 @@ log = logging.getLogger(__name__)
 GREETING = "__NL_GREETING__"
 UNSUBSCRIBE_URL = "__NL_UNSUBSCRIBE_URL__"
 ARCHIVE_URL = "__NL_ARCHIVE_URL__"
-PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, ARCHIVE_URL)
+PREFERENCES_URL = "__NL_PREFERENCES_URL__"  # the reader's /preferences/<token> link
+PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, ARCHIVE_URL, PREFERENCES_URL)
 # Any case: a template filter (``|upper``, ``|title``) must not turn a look-alike
 # into a real placeholder; with IGNORECASE, [A-Z] also matches the non-ASCII letters
 # that upper-case to ASCII (ı, ſ, K).
 PLACEHOLDER_RE = re.compile(r"__NL_[A-Z_]+__", re.IGNORECASE)
-_URL_PLACEHOLDERS = frozenset({UNSUBSCRIBE_URL, ARCHIVE_URL})
+_URL_PLACEHOLDERS = frozenset({UNSUBSCRIBE_URL, ARCHIVE_URL, PREFERENCES_URL})
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SUBJECT_MAX = 78
@@ -245,6 +246,7 @@ def _base_values(ctx: Context) -> dict[str, Any]:
         "greeting": GREETING,
         "unsubscribe_url": UNSUBSCRIBE_URL,
         "archive_url": ARCHIVE_URL,
+        "preferences_url": PREFERENCES_URL,
     }
 
 
@@ -257,9 +259,11 @@ def _check_placeholders(name: str, rendered: str, *required: str) -> None:
             raise TemplateProblem(f"template {name} must use {{{{ {variable} }}}}")
 
 
-def subject_line(env: Environment, values: dict[str, Any], lead: str) -> str:
+def subject_line(
+    env: Environment, values: dict[str, Any], lead: str, name: str = "subject.txt"
+) -> str:
     """The subject template rendered, then the lead headline shortened to fit 78 chars."""
-    template = env.get_template("subject.txt")
+    template = env.get_template(name)
     for _ in range(4):
         subject = clean_text(template.render(**(values | {"lead_title": lead})))
         if len(subject) <= SUBJECT_MAX:
@@ -268,8 +272,19 @@ def subject_line(env: Environment, values: dict[str, Any], lead: str) -> str:
     return truncate(subject, SUBJECT_MAX)
 
 
-def render_issue(ctx: Context, stories: Sequence[Story], issue_date: date) -> Rendered:
-    """Subject, inlined HTML and plain text of one issue; per-reader parts left as placeholders."""
+def render_issue(
+    ctx: Context,
+    stories: Sequence[Story],
+    issue_date: date,
+    *,
+    template: str = "digest",
+    extra: dict[str, Any] | None = None,
+) -> Rendered:
+    """Subject, inlined HTML and plain text of one issue; per-reader parts left as placeholders.
+
+    ``template`` names the pair (``digest``, or ``weekly`` for the week's edition,
+    whose subject comes from ``weekly_subject.txt``); ``extra`` adds variables.
+    """
     if not stories:
         raise ValueError("an issue needs at least one story")
     html_env, text_env = environments(ctx.templates_dir)
@@ -284,11 +299,12 @@ def render_issue(ctx: Context, stories: Sequence[Story], issue_date: date) -> Re
         "date_short": short_date(issue_date),
         "date_compact": f"{issue_date.day} {issue_date:%b}",
         "preheader": preheader,
-    }
-    values["subject"] = subject_line(text_env, values, views[0].title)
-    html = html_env.get_template("digest.html").render(**values)
-    text = tidy_text(text_env.get_template("digest.txt").render(**values))
-    for name, body in (("digest.html", html), ("digest.txt", text)):
+    } | (extra or {})
+    subject_template = "subject.txt" if template == "digest" else f"{template}_subject.txt"
+    values["subject"] = subject_line(text_env, values, views[0].title, subject_template)
+    html = html_env.get_template(f"{template}.html").render(**values)
+    text = tidy_text(text_env.get_template(f"{template}.txt").render(**values))
+    for name, body in ((f"{template}.html", html), (f"{template}.txt", text)):
         _check_placeholders(name, body, UNSUBSCRIBE_URL, ARCHIVE_URL)
         if values["postal_address"] and values["postal_address"] not in html_module.unescape(body):
             raise TemplateProblem(f"template {name} must show {{{{ postal_address }}}}")
@@ -329,12 +345,13 @@ def render_confirmation(
 def public_copy(body: str, *, base_url: str, issue_id: int) -> str:
     """A frozen issue body for the web archive: no reader's name, no reader's token.
 
-    The greeting becomes a plain "Hello," and the unsubscribe link points at the
-    site (a visitor has no subscription to end).
+    The greeting becomes a plain "Hello," and the unsubscribe and preferences links
+    point at the site (a visitor has no subscription to end or to change).
     """
     return (
         body.replace(GREETING, "Hello,")
         .replace(UNSUBSCRIBE_URL, f"{base_url}/")
+        .replace(PREFERENCES_URL, f"{base_url}/")
         .replace(ARCHIVE_URL, f"{base_url}/archive/{issue_id}")
     )
 
