@@ -153,6 +153,9 @@ def _send_test_copy(
     help="A manual issue of these stories: --story 3 5 8, --story 3,5,8 or repeated.",
 )
 @click.option("--subject", help="Subject of a manual issue (default: the rendered one).")
+@click.option(
+    "--weekly", is_flag=True, help="This week's edition, to the readers who chose weekly."
+)
 @click.argument("more_ids", nargs=-1, metavar="")
 @pass_state
 def send_command(
@@ -162,9 +165,10 @@ def send_command(
     to: str | None,
     stories: tuple[str, ...],
     subject: str | None,
+    weekly: bool,
     more_ids: tuple[str, ...],
 ) -> None:
-    """Send today's digest now (or a manual issue with --story).
+    """Send today's digest now (or a manual issue with --story, or --weekly).
 
     An unfinished issue (interrupted, paused or with retries left) is resumed
     instead of starting another. Exit codes: 0 done or nothing new, 1 failures
@@ -179,6 +183,22 @@ def send_command(
     ctx = state.ctx
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
+    if weekly:
+        if story_ids is not None or subject is not None or to is not None:
+            raise click.UsageError("--weekly does not go with --story, --subject or --to")
+        from .weekly import send_weekly
+
+        def resume(issue_id: int) -> None:
+            _resume_instead(ctx, issue_id, yes=yes, dry_run=dry_run, new=True)
+
+        send_weekly(
+            ctx,
+            yes=yes,
+            dry_run=dry_run,
+            resume_instead=resume,
+            via=open_transport_description(ctx),
+        )
+        return
     if to is not None:
         _send_test_copy(ctx, to, story_ids, subject, dry_run)
         return

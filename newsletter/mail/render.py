@@ -290,16 +290,20 @@ def render_issue(
     html_env, text_env = environments(ctx.templates_dir)
     views = [story_view(story, ctx.settings.tz) for story in stories]
     preheader = truncate(" · ".join(v.title for v in views[:3]), PREHEADER_MAX)
-    values = _base_values(ctx) | {
-        "stories": views,
-        "lead": views[0],
-        "count": len(views),
-        "issue_date": issue_date,
-        "date_long": long_date(issue_date),
-        "date_short": short_date(issue_date),
-        "date_compact": f"{issue_date.day} {issue_date:%b}",
-        "preheader": preheader,
-    } | (extra or {})
+    values = (
+        _base_values(ctx)
+        | {
+            "stories": views,
+            "lead": views[0],
+            "count": len(views),
+            "issue_date": issue_date,
+            "date_long": long_date(issue_date),
+            "date_short": short_date(issue_date),
+            "date_compact": f"{issue_date.day} {issue_date:%b}",
+            "preheader": preheader,
+        }
+        | (extra or {})
+    )
     subject_template = "subject.txt" if template == "digest" else f"{template}_subject.txt"
     values["subject"] = subject_line(text_env, values, views[0].title, subject_template)
     html = html_env.get_template(f"{template}.html").render(**values)

@@ -158,6 +158,16 @@ def build_scheduler(
         next_run_time=now,  # "resume unfinished issues at start"
         replace_existing=True,
     )
+    from .weekly import WEEKLY_JOB, weekly_trigger
+
+    scheduler.add_job(
+        _weekly_job,
+        weekly_trigger(settings),
+        args=[ctx, stop],
+        id=WEEKLY_JOB,
+        name=f"weekly edition for weekly readers ({settings.weekly_cron}, {settings.timezone})",
+        replace_existing=True,
+    )
     return scheduler
 
 
@@ -167,6 +177,12 @@ def _count(n: int, noun: str) -> str:
 
 def _digest_job(ctx: Context, trigger: DigestTrigger, stop: threading.Event | None) -> None:
     jobs.logged("digest", lambda: jobs.run_digest(ctx, trigger, stop))
+
+
+def _weekly_job(ctx: Context, stop: threading.Event | None) -> None:
+    from .weekly import run_weekly
+
+    jobs.logged("weekly", lambda: run_weekly(ctx, stop))
 
 
 def _feeds_job(ctx: Context, stop: threading.Event | None) -> None:
