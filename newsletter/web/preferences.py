@@ -113,10 +113,7 @@ def save_preferences(token: str) -> tuple[str, int]:
             return _page(token, subscriber, sections, 400, error=choice)
         try:
             apply_choice(session, subscriber_id, choice, sections, now=utcnow())
-        except NoSectionChosen:
-            session.rollback()
-            subscriber = session.get(Subscriber, subscriber_id)
-            assert subscriber is not None
+        except NoSectionChosen:  # raised before anything was changed
             return _page(
                 token, subscriber, sections, 400,
                 error="Choose at least one section, or unsubscribe below.",
