@@ -21,8 +21,9 @@ from .. import delivery
 from ..context import Context
 from ..delivery import Outcome, open_transport
 from ..mail import AlreadySentToday, UnknownStories, build_issue, build_single
-from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
+from ..models import Delivery, DeliveryStatus, Issue, IssueKind, IssueStatus
 from ..subscribers import InvalidEmail, normalise_email
+from ..subscribers.preferences import audience_count
 from .issues_cli import issues_group
 from .sendview import console, run_issue
 from .state import AppState, pass_state
@@ -205,7 +206,9 @@ def send_command(
     with ctx.db.read() as session:
         unfinished = delivery.unfinished_issue(session)
         unfinished_id = unfinished.id if unfinished is not None else None
-        recipients = delivery.active_count(session)
+        # Daily readers for the digest (weekly and paused ones wait), everyone for --story.
+        kind = IssueKind.DIGEST if story_ids is None else IssueKind.MANUAL
+        recipients = audience_count(session, kind)
     via = open_transport_description(ctx)
     if unfinished_id is not None:
         _resume_instead(ctx, unfinished_id, yes=yes, dry_run=dry_run, new=story_ids is not None)

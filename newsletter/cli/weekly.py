@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import delivery
 from ..context import Context
-from ..models import IssueKind, Subscriber
+from ..models import IssueKind
 from .sendview import console, run_issue
 
 
@@ -34,13 +33,10 @@ def _rolled_back(ctx: Context) -> Iterator[Session]:
 
 def weekly_readers(ctx: Context) -> int:
     """How many readers the weekly edition would go to right now."""
-    from ..subscribers.preferences import audience
+    from ..subscribers.preferences import audience_count
 
     with ctx.db.read() as session:
-        count = session.scalar(
-            select(func.count()).select_from(Subscriber).where(audience(IssueKind.WEEKLY))
-        )
-    return int(count or 0)
+        return audience_count(session, IssueKind.WEEKLY)
 
 
 def send_weekly(

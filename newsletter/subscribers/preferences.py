@@ -129,6 +129,12 @@ def audience(kind: IssueKind | str, now: datetime | None = None) -> ColumnElemen
     return and_(*clauses)
 
 
+def audience_count(session: Session, kind: IssueKind | str, now: datetime | None = None) -> int:
+    """How many readers an issue of ``kind`` would be queued for right now."""
+    count = session.scalar(select(func.count()).select_from(Subscriber).where(audience(kind, now)))
+    return int(count or 0)
+
+
 def section_sets(session: Session, kind: IssueKind | str, now: datetime | None = None) -> list[str]:
     """The distinct stored section sets among an issue's audience (NULL = all left out)."""
     s = Subscriber.__table__.c
