@@ -95,7 +95,7 @@ def _set_kinds(old: tuple[str, ...], new: tuple[str, ...]) -> None:
         with op.batch_alter_table("issues", schema=None, recreate="always") as batch_op:
             batch_op.alter_column("kind", existing_type=_kind(old), type_=_kind(new))
         return
-    op.drop_constraint("ck_issues_issue_kind", "issues", type_="check")
+    op.drop_constraint(op.f("ck_issues_issue_kind"), "issues", type_="check")
     listed = ", ".join(f"'{value}'" for value in new)
     op.create_check_constraint(op.f("ck_issues_issue_kind"), "issues", f"kind IN ({listed})")
 
@@ -112,6 +112,7 @@ def downgrade() -> None:
     with op.batch_alter_table(
         "subscribers", schema=None, table_kwargs={"sqlite_autoincrement": True}
     ) as batch_op:
+        batch_op.drop_constraint(batch_op.f("ck_subscribers_frequency"), type_="check")
         batch_op.drop_column("paused_until")
         batch_op.drop_column("sections")
         batch_op.drop_column("frequency")
