@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
-from sqlalchemy import func, select
 
-from .. import delivery
-from ..delivery import lease_name, ledger
-from ..lease import current
-from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
 from .sendview import console, run_issue
 from .state import AppState, pass_state
 
@@ -26,6 +20,12 @@ def issues_group() -> None:
 @pass_state
 def list_issues(state: AppState, limit: int) -> None:
     """The newest issues with their delivery counts."""
+
+    from rich.table import Table
+    from sqlalchemy import func, select
+
+    from ..models import Delivery, DeliveryStatus, Issue
+
     ctx = state.ctx
     with ctx.db.read() as session:
         issues = list(session.scalars(select(Issue).order_by(Issue.id.desc()).limit(limit)))
@@ -63,6 +63,14 @@ def list_issues(state: AppState, limit: int) -> None:
 @pass_state
 def show_issue(state: AppState, issue_id: int) -> None:
     """Everything about one issue: status and why, stories, deliveries, errors."""
+
+    from rich.table import Table
+    from sqlalchemy import func, select
+
+    from ..delivery import lease_name, ledger
+    from ..lease import current
+    from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
+
     ctx = state.ctx
     with ctx.db.read() as session:
         issue = session.get(Issue, issue_id)
@@ -127,6 +135,9 @@ def show_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def resume_issue(state: AppState, issue_id: int) -> None:
     """Send what is left of an interrupted or paused issue (sent rows are never resent)."""
+
+    from .. import delivery
+
     run_issue(state.ctx, issue_id, "Resuming", delivery.resume)
 
 
@@ -135,6 +146,9 @@ def resume_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def retry_failed_issue(state: AppState, issue_id: int) -> None:
     """Queue permanently failed deliveries again and send them (bounces stay bounced)."""
+
+    from .. import delivery
+
     run_issue(state.ctx, issue_id, "Retrying", delivery.retry_failed)
 
 
@@ -144,6 +158,12 @@ def retry_failed_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def cancel_issue(state: AppState, issue_id: int, yes: bool) -> None:
     """Stop an issue for good; its stories become eligible for the next digest."""
+
+    from .. import delivery
+    from ..delivery import lease_name, ledger
+    from ..lease import current
+    from ..models import DeliveryStatus
+
     ctx = state.ctx
     if not yes:
         click.confirm(f"Cancel issue #{issue_id}? Nobody else will receive it", abort=True)

@@ -6,12 +6,12 @@ without importing the group that registers them (no import circle).
 
 from __future__ import annotations
 
-import click
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING
 
-from ..config import ConfigError
-from ..context import Context
-from ..db import SchemaError
+import click
+
+if TYPE_CHECKING:
+    from ..context import Context
 
 
 class SettingsError(click.ClickException):
@@ -29,6 +29,13 @@ class AppState:
     @property
     def ctx(self) -> Context:
         if self._ctx is None:
+            # Imported here, not at the top: ``--help`` must not pay for SQLAlchemy.
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from ..config import ConfigError
+            from ..context import Context
+            from ..db import SchemaError
+
             try:
                 self._ctx = Context.open()
             except ConfigError as exc:

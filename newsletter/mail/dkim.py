@@ -12,9 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import dkim
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
-
 from ..config import Settings
 
 SIGNED_HEADERS: tuple[bytes, ...] = (
@@ -49,6 +46,9 @@ class DkimSigner:
     @classmethod
     def load(cls, key_file: Path, selector: str, domain: str) -> DkimSigner:
         """Read and check the key once, so a bad key fails before the first send."""
+
+        from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
         try:
             pem = key_file.read_bytes()
         except OSError as exc:
@@ -73,6 +73,9 @@ class DkimSigner:
 
     def sign(self, data: bytes) -> bytes:
         """``data`` with a ``DKIM-Signature`` header in front."""
+
+        import dkim
+
         signature = dkim.sign(
             data,
             self.selector,
