@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
@@ -354,6 +354,11 @@ def load_settings(
         kwargs["timezone"] = _timezone(v)
     if (v := get("FEEDS")) is not None:
         kwargs["feeds"] = _feeds(v)
+    return _load_rest(get, kwargs)
+
+
+def _load_rest(get: Callable[[str], str | None], kwargs: dict[str, object]) -> Settings:
+    """The second half of :func:`load_settings`: numbers, files, DKIM, limits."""
     for key, attr, minimum, maximum in (
         ("FEED_POLL_MINUTES", "feed_poll_minutes", 1, 7 * 24 * 60),  # a week
         ("MAX_STORIES", "max_stories", 1, 10_000),
