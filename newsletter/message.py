@@ -25,13 +25,13 @@ import operator
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from . import headers
 from .context import Context
-from .dkimsign import DkimSigner
+from .dkimsign import BodyHasher, DkimSigner
 from .headers import clean_header_text, header_safe
 from .render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL, greeting_for, http_url
 
@@ -50,12 +50,31 @@ _SOFT_BREAK = b"=\r\n"
 _QP_MAX = 76  # RFC 2045 6.7: encoded lines at most 76 octets, soft break included
 
 
-@dataclass(frozen=True, slots=True)
 class BuiltMessage:
-    """One recipient's message: CRLF bytes ready for SMTP DATA, and its Message-ID."""
+    """One recipient's message: CRLF bytes ready for SMTP DATA, and its Message-ID.
 
-    message_id: str
-    data: bytes
+    A signed message is signed when ``data`` is first read, not when it is built: the
+    engine builds in its main thread and reads ``data`` in the connection worker
+    threads, so the signing (body hash, private-key operation in the signing pool)
+    runs there, in parallel, and the main thread only fills in the template.
+    """
+
+    __slots__ = ("_data", "_sign", "message_id")
+
+    def __init__(
+        self, message_id: str, data: bytes, sign: Callable[[bytes], bytes] | None = None
+    ) -> None:
+        self.message_id = message_id
+        self._data = data
+        self._sign = sign
+
+    @property
+    def data(self) -> bytes:
+        sign = self._sign
+        if sign is not None:
+            self._sign = None
+            self._data = sign(self._data)
+        return self._data
 
 
 def qp(text: str) -> bytes:
@@ -147,6 +166,7 @@ class _Compiled:
         pieces.append(
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n\r\n'.encode()
         )
+        body_from = len(pieces)
         for part, body in (("text", text), ("html", html)):
             body = _normalise_newlines(body).replace(
                 ARCHIVE_URL, archive_url if part == "text" else html_module.escape(archive_url)
@@ -173,6 +193,24 @@ class _Compiled:
                 fmt += piece.replace(b"%", b"%%")
         self.format = bytes(fmt)
         self.pick = operator.itemgetter(*order)
+        self.body_pieces = pieces[body_from:]
+        self._hasher: BodyHasher | None = None
+
+    def signer(
+        self, signer: DkimSigner | None, values: tuple[bytes, ...]
+    ) -> Callable[[bytes], bytes] | None:
+        """What signs this recipient's bytes (``BuiltMessage.data``), or None unsigned."""
+        if signer is None:
+            return None
+        hasher = self.hasher()
+        if not hasher.exact:
+            return signer.sign
+        return lambda data: signer.sign(data, hasher.digest(values))
+
+    def hasher(self) -> BodyHasher:
+        if self._hasher is None:  # once per issue, and only when signing
+            self._hasher = BodyHasher(self.body_pieces)
+        return self._hasher
 
 
 def _body_pieces(part: str, body: str) -> list[bytes | int]:
@@ -256,9 +294,7 @@ class MessageFactory:
             qp_open(html_module.escape(url)) if self._prefix_escapes else url_qp,
         )
         data = self._compiled.format % self._compiled.pick(values)
-        if self._signer is not None:
-            data = self._signer.sign(data)
-        return BuiltMessage(message_id, data)
+        return BuiltMessage(message_id, data, self._compiled.signer(self._signer, values))
 
 
 def build_single(
@@ -311,7 +347,5 @@ def build_single(
         qp_open(html_module.escape(url)),
     )
     data = compiled.format % compiled.pick(values)
-    signer = DkimSigner.from_settings(settings)
-    if signer is not None:
-        data = signer.sign(data)
-    return BuiltMessage(message_id, data)
+    sign = compiled.signer(DkimSigner.from_settings(settings), values)
+    return BuiltMessage(message_id, sign(data) if sign is not None else data)
