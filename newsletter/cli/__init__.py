@@ -12,7 +12,7 @@ import logging
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import ConfigError
+from ..config import ConfigError, Settings
 from ..context import Context
 from ..db import SchemaError
 
@@ -52,6 +52,19 @@ class AppState:
 pass_state = click.make_pass_decorator(AppState, ensure=True)
 
 
+def check_signing(settings: Settings) -> None:
+    """Load the DKIM keys now: a bad, encrypted or wrong-type key is a one-line error
+    (exit 2) before anything is created or sent; a short RSA key is a warning."""
+    from ..dkimsign import DkimKeyError, DkimSigner
+
+    try:
+        signer = DkimSigner.from_settings(settings)
+    except DkimKeyError as exc:
+        raise SettingsError(str(exc)) from None
+    for warning in signer.warnings if signer is not None else ():
+        click.echo(f"warning: {warning}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO; twice for DEBUG).")
 @click.version_option(package_name="newsletter")
@@ -71,9 +84,9 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, preview, sending, server, stories, subscribers, timetable
+    from . import admin, dkim, preview, sending, server, stories, subscribers, timetable
 
-    for module in (stories, subscribers, preview, sending, server, timetable, admin):
+    for module in (stories, subscribers, preview, sending, server, timetable, admin, dkim):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -10,7 +10,7 @@ from .. import delivery, ledger
 from ..engine import lease_name
 from ..lease import current
 from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
-from . import AppState, pass_state
+from . import AppState, check_signing, pass_state
 from .sendview import console, run_issue
 
 _STYLE = {"sent": "green", "sending": "yellow", "paused": "red", "cancelled": "dim"}
@@ -127,6 +127,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def resume_issue(state: AppState, issue_id: int) -> None:
     """Send what is left of an interrupted or paused issue (sent rows are never resent)."""
+    check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Resuming", delivery.resume)
 
 
@@ -135,6 +136,7 @@ def resume_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def retry_failed_issue(state: AppState, issue_id: int) -> None:
     """Queue permanently failed deliveries again and send them (bounces stay bounced)."""
+    check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Retrying", delivery.retry_failed)
 
 

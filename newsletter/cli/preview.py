@@ -26,7 +26,7 @@ from ..digest import AlreadySentToday, build_issue, local_today
 from ..dkimsign import DkimKeyError
 from ..message import BuiltMessage, MessageFactory
 from ..render import GMAIL_CLIP_BYTES, TemplateProblem
-from . import AppState, pass_state
+from . import AppState, check_signing, pass_state
 
 PREVIEW_SUBSCRIBER_ID = 0
 
@@ -102,6 +102,7 @@ def factory_domain(ctx: Context) -> str:
 def preview(state: AppState, output: Path | None, eml: bool, open_browser: bool, name: str) -> None:
     """Write the next digest as a subscriber would get it, without sending or recording it."""
     ctx = state.ctx
+    check_signing(ctx.settings)  # the preview is signed as a reader's copy would be
     try:
         result = build_preview(ctx, name=name)
     except (TemplateProblem, TemplateError, DkimKeyError, ValueError) as exc:

@@ -24,7 +24,7 @@ from ..message import build_single
 from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
 from ..subscribers import InvalidEmail, normalise_email
 from ..transport import Outcome, open_transport
-from . import AppState, pass_state
+from . import AppState, check_signing, pass_state
 from .issues_cli import issues_group
 from .sendview import console, run_issue
 
@@ -178,6 +178,7 @@ def send_command(
         )
     story_ids = _parse_ids(stories + more_ids)
     ctx = state.ctx
+    check_signing(ctx.settings)  # before any issue exists
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
     if to is not None:

@@ -22,7 +22,7 @@ from .. import lease
 from ..config import ConfigError
 from ..context import Context
 from ..scheduler import LEASE_NAME, LeaseLost, Timetable, planned_jobs
-from . import AppState, SettingsError, pass_state
+from . import AppState, SettingsError, check_signing, pass_state
 from .server import web_options
 
 log = logging.getLogger("newsletter.scheduler")
@@ -125,6 +125,7 @@ def schedule_command(state: AppState, list_only: bool) -> None:
         _print_plan(state)
         return
     ctx = state.ctx
+    check_signing(ctx.settings)  # its digests sign: a bad key fails now, not at 07:00
     _log_job_runs()
     timetable = _timetable(ctx, blocking=True)
     with _stop_on_signals():
@@ -156,6 +157,7 @@ def run_command(
     from ..web import create_app, serve
 
     ctx = state.ctx
+    check_signing(ctx.settings)
     _log_job_runs()
     timetable = _timetable(ctx, blocking=False)
     app = create_app(ctx)
