@@ -12,35 +12,28 @@ template's fixed pieces once per issue (:class:`BodyHasher`), the few per-recipi
 values once per message, and SHA-256 runs over those pieces; no regular expression
 ever passes over a whole message.  The header side only looks at the header block,
 and canonicalises only the signed fields.  The private-key operation is the one
-costly step; ``cryptography`` holds the GIL while it signs (``bench/bench_dkim.py``
-measures it), so bulk sends hand it to a small pool of processes sized to the cores
-(:class:`_SigningPool`), reached through pipes from the connection worker threads.
+costly step, and ``cryptography`` releases the GIL while it runs (pyca/cryptography
+#14370 for RSA, #15164 for Ed25519; ``bench/bench_dkim.py`` measures two threads
+signing at about 1.9x one), so threads sign in parallel (``message.BuiltMessage``)
+and no process pool is needed.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import hashlib
-import logging
-import os
-import queue
 import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # cryptography is imported where keys are loaded, not at CLI start-up
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
     from .config import Settings
-
-log = logging.getLogger(__name__)
 
 SIGNED_HEADERS: tuple[bytes, ...] = (
     b"from",
@@ -70,8 +63,6 @@ def _fold_names(names: list[bytes], width: int = 72) -> str:
 
 _H_TAG = _fold_names(_OVERSIGNED)
 RSA_MIN_BITS, RSA_WEAK_BITS, RSA_MAX_BITS = 1024, 2048, 4096
-POOL_AFTER = 32  # messages signed in-process before a bulk send starts the pool
-POOL_SIZE: int | None = None  # None: the number of usable cores; 0 or 1: never a pool
 
 _WSP_RUN = re.compile(rb"[\t ]+")
 _WSP_EOL = re.compile(rb"[\t ]+\r\n")
@@ -272,10 +263,6 @@ class DkimSigner:
             for k in self.keys
             if k.algorithm == "rsa-sha256" and k.bits < RSA_WEAK_BITS
         ]
-        self._signed = 0
-        self._pool_lock = threading.Lock()
-        self._pool: _SigningPool | None = None
-        self._pool_wanted = any(k.algorithm == "rsa-sha256" for k in self.keys) and _pool_size() > 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DkimSigner | None:
@@ -317,36 +304,12 @@ class DkimSigner:
             heads.append(head)
             value = head.encode("ascii").partition(b":")[2]
             inputs.append(signed + _relaxed_header(b"dkim-signature", value))
-        signatures = self._private_ops(inputs)
+        signatures = sign_inputs(self.keys, inputs)  # releases the GIL: threads sign at once
         out = [
             head + _fold_b64(base64.b64encode(sig).decode(), 70) + "\r\n"
             for head, sig in zip(heads, signatures, strict=True)
         ]
         return "".join(out).encode("ascii") + data
-
-    def _private_ops(self, inputs: list[bytes]) -> list[bytes]:
-        self._signed += 1
-        pool = self._pool
-        if pool is None and self._pool_wanted and self._signed > POOL_AFTER:
-            pool = self._start_pool()
-        if pool is not None:
-            try:
-                return pool.sign(inputs)
-            except (OSError, EOFError) as exc:  # a signing process died: carry on here
-                log.warning("DKIM signing pool failed (%s); signing in-process", exc)
-                self._pool_wanted = False
-                self._pool = None
-        return sign_inputs(self.keys, inputs)
-
-    def _start_pool(self) -> _SigningPool | None:
-        if not self._pool_lock.acquire(blocking=False):
-            return None  # another thread is starting it: sign this one here
-        try:
-            if self._pool is None and self._pool_wanted:
-                self._pool = _shared_pool(self.keys)
-            return self._pool
-        finally:
-            self._pool_lock.release()
 
 
 def sign_inputs(keys: Sequence[DkimKey], inputs: Sequence[bytes]) -> list[bytes]:
@@ -376,103 +339,3 @@ def _cached_key(path: Path, kind: str, selector: str, domain: str) -> DkimKey:
     if cache_key not in _KEYS:
         _KEYS[cache_key] = load_key(path, kind, selector, domain)
     return _KEYS[cache_key]
-
-
-# --- the signing pool -----------------------------------------------------------------
-
-
-def _pool_size() -> int:
-    if POOL_SIZE is not None:
-        return POOL_SIZE
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _serve(conn: Connection, specs: list[tuple[str, str, str, bytes]]) -> None:
-    """A signing process: keys in once, then (inputs -> signatures) until the pipe closes."""
-    from cryptography.hazmat.primitives import serialization
-
-    keys = [
-        DkimKey(alg, sel, dom, serialization.load_pem_private_key(pem, None), pem, 0)  # type: ignore[arg-type]
-        for alg, sel, dom, pem in specs
-    ]
-    while True:
-        try:
-            inputs = conn.recv()
-        except (EOFError, OSError):
-            return
-        conn.send(sign_inputs(keys, inputs))
-
-
-class _SigningPool:
-    """``size`` spawned processes, each behind a pipe; a thread borrows one per message.
-
-    Pipes rather than ``ProcessPoolExecutor``: a futures round trip costs more
-    GIL-held time than the Ed25519 signature itself; a pipe send/recv costs tens of
-    microseconds and waits with the GIL released.
-    """
-
-    def __init__(self, keys: Sequence[DkimKey], size: int) -> None:
-        import multiprocessing
-
-        mp = multiprocessing.get_context("spawn")  # never fork a threaded sender
-        specs = [(k.algorithm, k.selector, k.domain, k.pem) for k in keys]
-        self.signature = tuple(specs)
-        self._idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
-        self._conns: list[Connection] = []
-        self._procs: list[Any] = []
-        for _ in range(size):
-            parent, child = mp.Pipe()
-            proc = mp.Process(target=_serve, args=(child, specs), daemon=True, name="dkim-sign")
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-            self._idle.put(parent)
-
-    def sign(self, inputs: list[bytes]) -> list[bytes]:
-        conn = self._idle.get()
-        try:
-            conn.send(inputs)
-            result: list[bytes] = conn.recv()
-        except BaseException:
-            conn.close()  # never hand out a pipe that is out of step
-            raise
-        self._idle.put(conn)
-        return result
-
-    def close(self) -> None:
-        for conn in self._conns:
-            conn.close()
-        for proc in self._procs:
-            proc.join(timeout=2)
-            if proc.is_alive():
-                proc.terminate()
-
-
-_POOL: _SigningPool | None = None
-_POOL_GUARD = threading.Lock()
-
-
-def _shared_pool(keys: Sequence[DkimKey]) -> _SigningPool:
-    """One pool per process, for the key set in use (a changed key set replaces it)."""
-    global _POOL
-    specs = tuple((k.algorithm, k.selector, k.domain, k.pem) for k in keys)
-    with _POOL_GUARD:
-        if _POOL is not None and _POOL.signature != specs:
-            _POOL.close()
-            _POOL = None
-        if _POOL is None:
-            _POOL = _SigningPool(keys, _pool_size())
-        return _POOL
-
-
-@atexit.register
-def _close_pool() -> None:
-    global _POOL
-    with _POOL_GUARD:
-        if _POOL is not None:
-            _POOL.close()
-            _POOL = None

@@ -22,10 +22,13 @@ import binascii
 import html as html_module
 import itertools
 import operator
+import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -53,23 +56,33 @@ _QP_MAX = 76  # RFC 2045 6.7: encoded lines at most 76 octets, soft break includ
 class BuiltMessage:
     """One recipient's message: CRLF bytes ready for SMTP DATA, and its Message-ID.
 
-    A signed message is signed when ``data`` is first read, not when it is built: the
-    engine builds in its main thread and reads ``data`` in the connection worker
-    threads, so the signing (body hash, private-key operation in the signing pool)
-    runs there, in parallel, and the main thread only fills in the template.
+    A signed message is not signed by whoever builds it.  From
+    :meth:`MessageFactory.build` the signing is handed to a few signing threads at
+    once (``future``: the engine builds ahead of its connections, so the signatures
+    are ready when a connection reads ``data``); otherwise (``sign``) it happens on
+    first read of ``data``.  ``cryptography`` releases the GIL during the private-key
+    operation, so signing threads and connection threads run on all cores while the
+    engine's main thread only fills in templates.
     """
 
-    __slots__ = ("_data", "_sign", "message_id")
+    __slots__ = ("_data", "_future", "_sign", "message_id")
 
     def __init__(
-        self, message_id: str, data: bytes, sign: Callable[[bytes], bytes] | None = None
+        self,
+        message_id: str,
+        data: bytes,
+        sign: Callable[[bytes], bytes] | None = None,
+        future: Future[bytes] | None = None,
     ) -> None:
         self.message_id = message_id
         self._data = data
         self._sign = sign
+        self._future = future
 
     @property
     def data(self) -> bytes:
+        if self._future is not None:
+            self._data, self._future = self._future.result(), None
         sign = self._sign
         if sign is not None:
             self._sign = None
@@ -294,7 +307,28 @@ class MessageFactory:
             qp_open(html_module.escape(url)) if self._prefix_escapes else url_qp,
         )
         data = self._compiled.format % self._compiled.pick(values)
-        return BuiltMessage(message_id, data, self._compiled.signer(self._signer, values))
+        sign = self._compiled.signer(self._signer, values)
+        if sign is not None and SIGN_AHEAD:
+            return BuiltMessage(message_id, b"", future=_signing_threads().submit(sign, data))
+        return BuiltMessage(message_id, data, sign)
+
+
+SIGN_AHEAD = True  # False: sign in the thread that reads ``data`` (bench/bench_dkim.py compares)
+_THREADS: ThreadPoolExecutor | None = None
+_THREADS_GUARD = threading.Lock()
+
+
+def _signing_threads() -> ThreadPoolExecutor:
+    """One small pool per process, a thread per usable core (made on first signed build)."""
+    global _THREADS
+    with _THREADS_GUARD:
+        if _THREADS is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:  # not Linux
+                cores = os.cpu_count() or 1
+            _THREADS = ThreadPoolExecutor(max_workers=max(2, cores), thread_name_prefix="dkim")
+        return _THREADS
 
 
 def build_single(

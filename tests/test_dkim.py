@@ -231,3 +231,23 @@ def test_unsigned_without_settings(ctx: Context) -> None:
     factory = MessageFactory(ctx, 1, "Subject", "<p>x</p>", "x")
     assert not factory.signs
     assert b"DKIM-Signature" not in factory.build(1, "a@example.org", "").data
+
+
+def test_signed_bulk_send_verifies_every_message(tmp_path: Path, servers) -> None:  # type: ignore[no-untyped-def]
+    """A send signs in the connection worker threads (4 at once); every copy verifies."""
+    from _delivery_support import add_subscribers, make_issue
+
+    from newsletter import delivery
+
+    server = servers()
+    env, dns = write_keys(tmp_path)
+    ctx = open_ctx(tmp_path, NEWSLETTER_SMTP_URL=server.url, **env)
+    try:
+        add_subscribers(ctx, 60)
+        summary = delivery.send_issue(ctx, make_issue(ctx))
+        assert summary.ok and summary.run.sent == 60
+        verdicts = [verify_all(m.data, dns) for m in server.messages]
+        assert verdicts == [[True, True]] * 60
+        assert len({m.message["Message-ID"] for m in server.messages}) == 60
+    finally:
+        ctx.close()
