@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 from sqlalchemy import func, select
 
-from .. import delivery, ledger
+from .. import delivery, ledger, quota
 from ..engine import lease_name
 from ..lease import current
 from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
@@ -71,6 +71,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
         counts = ledger.counts(session, issue_id)
         next_retry = ledger.next_retry(session, issue_id)
         holder = current(session, lease_name(issue_id))
+        quota_left = quota.allowance(session, ctx.settings, 1)
+        used = quota.used_today(session, ctx.settings) if ctx.settings.daily_limit else 0
         stories = [(link.story.id, link.story.title) for link in issue.stories]
         errors = session.execute(
             select(Delivery.status, Delivery.last_code, Delivery.last_response, func.count())
@@ -91,6 +93,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
         console.print(f"Status: [{style}]{issue.status.value}[/{style}]")
         if issue.status_reason:
             console.print(f"Reason: {issue.status_reason}")
+        if ctx.settings.daily_limit:
+            console.print(f"Daily limit: {used:,} of {ctx.settings.daily_limit:,} used today")
         for label, when in (
             ("Created", issue.created_at),
             ("Started", issue.started_at),
@@ -112,7 +116,9 @@ def show_issue(state: AppState, issue_id: int) -> None:
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values()):,}[/bold]")
     console.print(table)
     left = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
-    if left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
+    if left and status is IssueStatus.SENDING and quota_left is not None and quota_left.count == 0:
+        console.print(f"{left:,} queued until tomorrow: {quota_left.reason}")
+    elif left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
         retry = f", next retry {next_retry:%H:%M:%S} UTC" if next_retry else ""
         console.print(f"{left:,} still queued{retry}: run 'newsletter issues resume {issue_id}'")
     if errors:

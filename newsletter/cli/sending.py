@@ -218,10 +218,11 @@ def send_command(
 
 def open_transport_description(ctx: Context) -> str:
     settings = ctx.settings
-    if settings.smtp_url:
+    if settings.smtp_urls:
         from ..transport import SMTPTarget
 
-        return f"{SMTPTarget.parse(settings.smtp_url)} ({settings.smtp_connections} connections)"
+        relays = ", then ".join(str(SMTPTarget.parse(url)) for url in settings.smtp_urls)
+        return f"{relays} ({settings.smtp_connections} connections)"
     return f"Maildir outbox {settings.outbox}/ (no NEWSLETTER_SMTP_URL set)"
 
 
