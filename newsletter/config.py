@@ -286,8 +286,10 @@ def _dkim_ed25519(get: Callable[[str], str | None], kwargs: dict[str, object]) -
     """NEWSLETTER_DKIM_ED25519_KEY_FILE and _SELECTOR: both or neither (RFC 8463 key)."""
     key_file, selector = get("DKIM_ED25519_KEY_FILE"), get("DKIM_ED25519_SELECTOR")
     if (key_file is None) != (selector is None):
+        given = "SELECTOR" if selector is not None else "KEY_FILE"
         raise ConfigError(
-            f"{PREFIX}DKIM_ED25519_KEY_FILE and {PREFIX}DKIM_ED25519_SELECTOR must be set together"
+            f"{PREFIX}DKIM_ED25519_{given}: {PREFIX}DKIM_ED25519_KEY_FILE and _SELECTOR "
+            "must be set together"
         )
     if key_file is None or selector is None:
         return

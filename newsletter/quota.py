@@ -18,7 +18,7 @@ them up after local midnight, when the count starts again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
@@ -41,12 +41,6 @@ def day_start(settings: Settings, now: datetime | None = None) -> datetime:
     """Today's local midnight (NEWSLETTER_TIMEZONE), as an aware datetime."""
     local = (now or utcnow()).astimezone(settings.tz)
     return local.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def next_day_start(settings: Settings, now: datetime | None = None) -> datetime:
-    """The next local midnight (a DST day can be 23 or 25 hours long)."""
-    start = day_start(settings, now)
-    return (start + timedelta(days=1, hours=3)).replace(hour=0, tzinfo=settings.tz)
 
 
 def used_today(session: Session, settings: Settings, now: datetime | None = None) -> int:

@@ -170,4 +170,4 @@ def test_missing_selector_is_exit_2(
     assert cli("dkim", "keygen", "--type", "ed25519").exit_code == 0
     monkeypatch.setenv("NEWSLETTER_DKIM_ED25519_KEY_FILE", str(tmp_path / "dkim-ed25519.pem"))
     result = cli("send", "--yes")
-    assert result.exit_code == 2 and "DKIM_ED25519_SELECTOR" in result.output
+    assert result.exit_code == 2 and "_SELECTOR must be set together" in result.output
