@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .sendview import console, run_issue
-from .state import AppState, pass_state
+from .state import AppState, check_signing, pass_state
 
 _STYLE = {"sent": "green", "sending": "yellow", "paused": "red", "cancelled": "dim"}
 
@@ -67,7 +67,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
     from rich.table import Table
     from sqlalchemy import func, select
 
-    from ..delivery import lease_name, ledger
+    from ..delivery import lease_name, ledger, quota
     from ..lease import current
     from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
 
@@ -79,6 +79,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
         counts = ledger.counts(session, issue_id)
         next_retry = ledger.next_retry(session, issue_id)
         holder = current(session, lease_name(issue_id))
+        quota_left = quota.allowance(session, ctx.settings, 1)
+        used = quota.used_today(session, ctx.settings) if ctx.settings.daily_limit else 0
         stories = [(link.story.id, link.story.title) for link in issue.stories]
         errors = session.execute(
             select(Delivery.status, Delivery.last_code, Delivery.last_response, func.count())
@@ -99,6 +101,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
         console.print(f"Status: [{style}]{issue.status.value}[/{style}]")
         if issue.status_reason:
             console.print(f"Reason: {issue.status_reason}")
+        if ctx.settings.daily_limit:
+            console.print(f"Daily limit: {used:,} of {ctx.settings.daily_limit:,} used today")
         for label, when in (
             ("Created", issue.created_at),
             ("Started", issue.started_at),
@@ -120,7 +124,9 @@ def show_issue(state: AppState, issue_id: int) -> None:
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values()):,}[/bold]")
     console.print(table)
     left = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
-    if left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
+    if left and status is IssueStatus.SENDING and quota_left is not None and quota_left.count == 0:
+        console.print(f"{left:,} queued until tomorrow: {quota_left.reason}")
+    elif left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
         retry = f", next retry {next_retry:%H:%M:%S} UTC" if next_retry else ""
         console.print(f"{left:,} still queued{retry}: run 'newsletter issues resume {issue_id}'")
     if errors:
@@ -138,6 +144,7 @@ def resume_issue(state: AppState, issue_id: int) -> None:
 
     from .. import delivery
 
+    check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Resuming", delivery.resume)
 
 
@@ -149,6 +156,7 @@ def retry_failed_issue(state: AppState, issue_id: int) -> None:
 
     from .. import delivery
 
+    check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Retrying", delivery.retry_failed)
 
 

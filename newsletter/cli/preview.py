@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..mail import BuiltMessage
 
 
-from .state import AppState, pass_state
+from .state import AppState, check_signing, pass_state
 
 PREVIEW_SUBSCRIBER_ID = 0
 
@@ -110,6 +110,7 @@ def preview(state: AppState, output: Path | None, eml: bool, open_browser: bool,
     from ..mail import GMAIL_CLIP_BYTES, DkimKeyError, TemplateProblem
 
     ctx = state.ctx
+    check_signing(ctx.settings)  # the preview is signed as a reader's copy would be
     try:
         result = build_preview(ctx, name=name)
     except (TemplateProblem, TemplateError, DkimKeyError, ValueError) as exc:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 from .issues_cli import issues_group
 from .sendview import console, run_issue
-from .state import AppState, pass_state
+from .state import AppState, check_signing, pass_state
 
 
 @dataclass
@@ -191,6 +191,7 @@ def send_command(
         )
     story_ids = _parse_ids(stories + more_ids)
     ctx = state.ctx
+    check_signing(ctx.settings)  # before any issue exists
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
     if to is not None:
@@ -230,10 +231,11 @@ def send_command(
 
 def open_transport_description(ctx: Context) -> str:
     settings = ctx.settings
-    if settings.smtp_url:
+    if settings.smtp_urls:
         from ..delivery import SMTPTarget
 
-        return f"{SMTPTarget.parse(settings.smtp_url)} ({settings.smtp_connections} connections)"
+        relays = ", then ".join(str(SMTPTarget.parse(url)) for url in settings.smtp_urls)
+        return f"{relays} ({settings.smtp_connections} connections)"
     return f"Maildir outbox {settings.outbox}/ (no NEWSLETTER_SMTP_URL set)"
 
 

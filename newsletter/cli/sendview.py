@@ -216,6 +216,8 @@ def show_summary(summary: SendSummary) -> None:
     table.add_row("Rate", f"{summary.rate:,.0f} msg/s")
     if summary.run.retries:
         table.add_row("Temporary failures retried", f"{summary.run.retries:,}")
+    for relay, carried in summary.run.relays.items():
+        table.add_row(f"Carried by {relay}", f"{carried:,}")
     console.print(table)
     if summary.status is IssueStatus.PAUSED:
         raise Paused(
@@ -227,6 +229,11 @@ def show_summary(summary: SendSummary) -> None:
         raise Unfinished(
             f"issue #{summary.issue_id} was cancelled: {summary.left_queued:,} deliveries "
             f"will not be sent ({c[DeliveryStatus.SENT]:,} had already received it)",
+        )
+    if summary.left_queued and summary.until_tomorrow:
+        raise Unfinished(
+            f"{summary.left_queued:,} deliveries stay queued until tomorrow: {summary.run.reason}\n"
+            "The timetable's upkeep sends them after midnight (or run 'newsletter send' then)",
         )
     if summary.left_queued:
         when = (

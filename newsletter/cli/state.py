@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..context import Context
 
 
@@ -54,3 +55,16 @@ class AppState:
 
 
 pass_state = click.make_pass_decorator(AppState, ensure=True)
+
+
+def check_signing(settings: Settings) -> None:
+    """Load the DKIM keys now: a bad, encrypted or wrong-type key is a one-line error
+    (exit 2) before anything is created or sent; a short RSA key is a warning."""
+    from ..mail import DkimKeyError, DkimSigner
+
+    try:
+        signer = DkimSigner.from_settings(settings)
+    except DkimKeyError as exc:
+        raise SettingsError(str(exc)) from None
+    for warning in signer.warnings if signer is not None else ():
+        click.echo(f"warning: {warning}", err=True)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..timetable import Timetable
 
 from .server import web_options
-from .state import AppState, SettingsError, pass_state
+from .state import AppState, SettingsError, check_signing, pass_state
 
 log = logging.getLogger("newsletter.scheduler")
 
@@ -137,6 +137,7 @@ def schedule_command(state: AppState, list_only: bool) -> None:
         _print_plan(state)
         return
     ctx = state.ctx
+    check_signing(ctx.settings)  # its digests sign: a bad key fails now, not at 07:00
     _log_job_runs()
     timetable = _timetable(ctx, blocking=True)
     with _stop_on_signals():
@@ -168,6 +169,7 @@ def run_command(
     from ..web import create_app, serve
 
     ctx = state.ctx
+    check_signing(ctx.settings)
     _log_job_runs()
     timetable = _timetable(ctx, blocking=False)
     app = create_app(ctx)
