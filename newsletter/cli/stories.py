@@ -70,6 +70,8 @@ def import_command(
     summary = f"{report.added} added, {report.updated} updated"
     if feature:
         summary += " (featured)"
+    if report.left_out:
+        summary += f"; {report.left_out} sponsored item(s) left out of the featured stories"
     if report.failed:
         click.echo(f"{summary}; {len(report.failed)} source(s) failed", err=True)
         sys.exit(1)
