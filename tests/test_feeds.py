@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import FEED_FILES, FEEDS
+from conftest import FEED_FILES, FEEDS, OWN_FEED_FILES
 
 from newsletter.feeds import SourceError, parse_feed
 from newsletter.stories_text import (
     SUMMARY_CHARS,
+    StoryData,
     canonical_url,
     clean_title,
     html_to_text,
@@ -37,8 +38,36 @@ def test_fixture_set_is_the_expected_seven(shared: Path) -> None:
 def test_every_fixture_feed_yields_clean_stories(shared: Path, path: Path) -> None:
     parsed = parse_feed(path.read_bytes())
     assert len(parsed.items) == EXPECTED[path.name]
-    assert len({item.guid for item in parsed.items}) == len(parsed.items)
-    for item in parsed.items:
+    assert_clean(parsed.items)
+    if path.name == "elpais.xml":
+        assert any("malformed" in w for w in parsed.warnings)
+    else:
+        assert parsed.warnings == []
+
+
+# The same checks on the project's own fixtures (tests/fixtures/feeds), in every clone.
+OWN_EXPECTED = {"planet.xml": 9, "gazeta.xml": 5, "wire.xml": 5, "courier.atom": 4, "broken.xml": 3}
+
+
+@pytest.mark.parametrize("path", OWN_FEED_FILES, ids=lambda p: p.name)
+def test_every_own_fixture_feed_yields_clean_stories(path: Path) -> None:
+    parsed = parse_feed(path.read_bytes())
+    assert len(parsed.items) == OWN_EXPECTED[path.name]
+    assert_clean(parsed.items)
+    if path.name == "broken.xml":
+        assert any("malformed" in w for w in parsed.warnings)
+    else:
+        assert parsed.warnings == []
+
+
+def test_own_fixture_set_is_complete() -> None:
+    assert sorted(p.name for p in OWN_FEED_FILES) == sorted(OWN_EXPECTED)
+
+
+def assert_clean(items: list[StoryData]) -> None:
+    """What every parsed story must look like, whatever the feed did."""
+    assert len({item.guid for item in items}) == len(items)
+    for item in items:
         assert http_url(item.url) == item.url
         assert item.title and item.title == item.title.strip()
         assert not any(ord(c) < 32 for c in item.title)
@@ -51,10 +80,6 @@ def test_every_fixture_feed_yields_clean_stories(shared: Path, path: Path) -> No
         if item.published_at:
             assert item.published_at.tzinfo is not None
             assert item.published_at.utcoffset() == UTC.utcoffset(None)
-    if path.name == "elpais.xml":
-        assert any("malformed" in w for w in parsed.warnings)
-    else:
-        assert parsed.warnings == []
 
 
 def test_cnn_keeps_the_original_link_not_the_feedburner_proxy(shared: Path) -> None:
