@@ -12,7 +12,7 @@ import logging
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import ConfigError
+from ..config import ConfigError, first_run_problems, unknown_settings
 from ..context import Context
 from ..db import SchemaError
 
@@ -52,6 +52,32 @@ class AppState:
 pass_state = click.make_pass_decorator(AppState, ensure=True)
 
 
+def require_real_settings(ctx: Context, what: str = "send") -> None:
+    """Refuse to mail real people through SMTP while placeholder defaults are in force.
+
+    The outbox (no NEWSLETTER_SMTP_URL) and ``--to`` test copies never get here:
+    they are how a first run is tried out.  Exit code 2, naming the setting.
+    """
+    if not ctx.settings.smtp_url:
+        return
+    problems = first_run_problems(ctx.settings)
+    if problems:
+        raise SettingsError(
+            f"not ready to {what} through NEWSLETTER_SMTP_URL: {'; '.join(problems)}"
+            " (the Maildir outbox and --to test copies work without them)"
+        )
+
+
+def check_dkim(ctx: Context) -> None:
+    """Load the DKIM key now, so a bad key is one line before anything is created."""
+    from ..dkimsign import DkimKeyError, DkimSigner
+
+    try:
+        DkimSigner.from_settings(ctx.settings)
+    except DkimKeyError as exc:
+        raise SettingsError(f"NEWSLETTER_DKIM_KEY_FILE: {exc}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO; twice for DEBUG).")
 @click.version_option(package_name="newsletter")
@@ -68,6 +94,12 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
     )
     state = click_ctx.ensure_object(AppState)
     click_ctx.call_on_close(state.close)
+    try:
+        warnings = unknown_settings()
+    except OSError:  # an unreadable .env is reported when the settings are loaded
+        warnings = []
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _register() -> None:

@@ -10,7 +10,7 @@ from .. import delivery, ledger
 from ..engine import lease_name
 from ..lease import current
 from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
-from . import AppState, pass_state
+from . import AppState, check_dkim, pass_state, require_real_settings
 from .sendview import console, run_issue
 
 _STYLE = {"sent": "green", "sending": "yellow", "paused": "red", "cancelled": "dim"}
@@ -127,6 +127,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def resume_issue(state: AppState, issue_id: int) -> None:
     """Send what is left of an interrupted or paused issue (sent rows are never resent)."""
+    require_real_settings(state.ctx, "resume")
+    check_dkim(state.ctx)
     run_issue(state.ctx, issue_id, "Resuming", delivery.resume)
 
 
@@ -135,6 +137,8 @@ def resume_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def retry_failed_issue(state: AppState, issue_id: int) -> None:
     """Queue permanently failed deliveries again and send them (bounces stay bounced)."""
+    require_real_settings(state.ctx, "retry")
+    check_dkim(state.ctx)
     run_issue(state.ctx, issue_id, "Retrying", delivery.retry_failed)
 
 

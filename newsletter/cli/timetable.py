@@ -22,8 +22,8 @@ from .. import lease
 from ..config import ConfigError
 from ..context import Context
 from ..scheduler import LEASE_NAME, LeaseLost, Timetable, planned_jobs
-from . import AppState, SettingsError, pass_state
-from .server import web_options
+from . import AppState, SettingsError, check_dkim, pass_state, require_real_settings
+from .server import check_listen, listen_error, web_options
 
 log = logging.getLogger("newsletter.scheduler")
 
@@ -125,6 +125,8 @@ def schedule_command(state: AppState, list_only: bool) -> None:
         _print_plan(state)
         return
     ctx = state.ctx
+    require_real_settings(ctx, "run the timetable")
+    check_dkim(ctx)
     _log_job_runs()
     timetable = _timetable(ctx, blocking=True)
     with _stop_on_signals():
@@ -151,11 +153,14 @@ def run_command(
 
     If another process already runs the timetable, this one serves the web app
     only, says so in the log, and takes the timetable over when the other's lease
-    expires (so two ``run`` processes behind a load balancer are safe).
+    expires (so two run processes behind a load balancer are safe).
     """
     from ..web import create_app, serve
 
     ctx = state.ctx
+    require_real_settings(ctx, "run the timetable")
+    check_dkim(ctx)
+    check_listen(host, port)
     _log_job_runs()
     timetable = _timetable(ctx, blocking=False)
     app = create_app(ctx)
@@ -167,7 +172,7 @@ def run_command(
         except KeyboardInterrupt:
             pass
         except OSError as exc:
-            raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+            raise click.ClickException(listen_error(host, port, exc)) from None
         finally:
             stopping()
             log.info("web app stopped; stopping the timetable")
