@@ -32,11 +32,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flask import Flask, Response, abort, render_template, request
+from flask import Flask, abort, render_template, request
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from . import headers, webguard
+from .addresses import reader_reason
 from .context import Context
 from .models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from .tokens import ExpiredToken, InvalidToken
@@ -97,6 +98,7 @@ def create_app(ctx: Context | None = None) -> Flask:
     app.extensions["newsletter"] = state
     webguard.install(app)
     app.jinja_env.globals.update(
+        language=ctx.settings.language,
         site_name=ctx.settings.site_name,
         postal_address=ctx.settings.postal_address,
         honeypot_field=HONEYPOT_FIELD,
@@ -156,10 +158,10 @@ def _routes(app: Flask, state: WebState) -> None:
         raw_name = request.form.get("name", "")[:512]
         try:
             email = headers.addr_spec(subs.normalise_email(raw_email))
-        except subs.InvalidEmail as exc:
+        except subs.InvalidEmail:
             return page(
                 "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
-                reason=exc.reason,
+                reason=reader_reason(raw_email),
             )  # fmt: skip
         except ValueError:  # valid, but unsafe in a header (an encoded word, ...)
             return page(
@@ -291,8 +293,8 @@ def _routes(app: Flask, state: WebState) -> None:
         return page("archive.html", issues=issues)
 
     @app.get("/archive/<int:issue_id>")
-    def archive_issue(issue_id: int) -> Response:
-        from .render import public_copy
+    def archive_issue(issue_id: int) -> tuple[str, int]:
+        from .render import long_date, web_body
 
         if issue_id > MAX_ISSUE_ID:
             abort(404)
@@ -300,10 +302,14 @@ def _routes(app: Flask, state: WebState) -> None:
             issue = session.get(Issue, issue_id)
             if issue is None or issue.status != IssueStatus.SENT:
                 abort(404)
-            # The frozen bytes, with the per-reader placeholders made neutral.
-            html = public_copy(issue.html, base_url=ctx.settings.base_url, issue_id=issue.id)
+            # The frozen bytes without the email-only parts, inside the site's own page.
+            styles, body = web_body(issue.html, base_url=ctx.settings.base_url, issue_id=issue.id)
+            day = issue.digest_date or (issue.finished_at or issue.created_at).date()
+            subject = issue.subject
         webguard.archive_page()
-        return Response(html, mimetype="text/html")
+        return page(
+            "issue.html", subject=subject, date_long=long_date(day), issue_styles=styles, body=body
+        )
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int, dict[str, str]]:
