@@ -8,6 +8,7 @@ non-ASCII text, a malformed feed, an article export, sponsored items.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -214,3 +215,25 @@ def test_undated_items_sort_after_the_dated_ones_of_their_import(ctx: Context) -
     with ctx.db.read() as session:
         titles = [s.title for s in list_stories(session)]
     assert titles[-1] == "The bakery that has not changed its recipe since 1952"
+
+
+# --------------------------------------------------------------------------- fresh clone
+
+
+def test_missing_shared_folder_skips_naming_it_and_fails_in_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import conftest
+
+    missing = tmp_path / "shared" / "fixtures"
+    monkeypatch.setattr(conftest, "FIXTURES", missing)
+    monkeypatch.setattr(conftest, "FEEDS", missing / "feeds")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=str(missing)):
+        conftest.require_shared()
+    assert conftest.feed_set() == (OWN_FEEDS, conftest.OWN_GOOD_FEEDS)  # generic tests go on
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=str(missing)):
+        conftest.require_shared()
+    with pytest.raises(pytest.fail.Exception):
+        conftest.feed_set()
