@@ -93,7 +93,7 @@ def _tamper(data: bytes, old: bytes, new: bytes) -> bytes:
         (b"List-Unsubscribe: <https://news.example.com/", b"List-Unsubscribe: <https://evil.test/"),
         (b"\r\nSubject: ", b"\r\nSubject: Re: "),
         (b"To: reader@example.org", b"To: other@example.org"),
-        (b"Read more", b"Read MORE"),
+        (b"Read the story", b"Read the STORY"),
     ],
 )
 def test_tampering_breaks_both_signatures(signed, old: bytes, new: bytes) -> None:  # type: ignore[no-untyped-def]
