@@ -156,7 +156,8 @@ def test_bad_key_is_one_line_exit_2_before_any_issue(
         )
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: NEWSLETTER_DKIM_") and "DKIM key file" in lines[0], proc.stderr
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("Error: NEWSLETTER_DKIM_") and "DKIM key file" in lines[0]
         assert words in lines[0] and "Traceback" not in proc.stderr
         assert _issue_count(cli_ctx) == 0
 
