@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import AppState, pass_state
+from . import AppState, check_signing, pass_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +49,7 @@ def serve_command(
     """Serve subscribe/confirm/unsubscribe/archive pages (production WSGI server)."""
     from ..web import create_app, serve
 
+    check_signing(state.ctx.settings)  # it sends (signed) confirmation emails
     app = create_app(state.ctx)  # a bad NEWSLETTER_WEB_RATE_* fails in load_settings
     click.echo(f"Serving {state.ctx.settings.site_name} on http://{host}:{port}/ (Ctrl+C to stop)")
     serve(app, host=host, port=port, threads=threads, trusted_proxy=trusted_proxy)
