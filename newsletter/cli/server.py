@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .state import AppState, pass_state
+from .state import AppState, check_signing, pass_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,6 +58,7 @@ def serve_command(
     from ..web import create_app, serve
 
     check_listen(host, port)
+    check_signing(state.ctx.settings)  # it sends (signed) confirmation emails
     app = create_app(state.ctx)  # a bad NEWSLETTER_WEB_RATE_* fails in load_settings
     click.echo(f"Serving {state.ctx.settings.site_name} on http://{host}:{port}/ (Ctrl+C to stop)")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +156,7 @@ def test_wrong_public_key_fails(signed) -> None:  # type: ignore[no-untyped-def]
     assert verify_all(_factory(issue).build(14, "r@example.org", "").data, wrong) == [False, False]
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
 def test_openssl_genpkey_key_is_accepted(tmp_path: Path) -> None:
     """The key OpenSSL 3 writes by default (PKCS#8, "BEGIN PRIVATE KEY")."""
     key_file = tmp_path / "genpkey.pem"
