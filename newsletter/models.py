@@ -132,9 +132,13 @@ class Story(Base):
     published_at: Mapped[datetime | None]
     featured: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     source: Mapped[str] = mapped_column(String(2048), default="")
-    section: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The kicker: the feed's <category>, else the feed's title ("World").
+    section: Mapped[str | None] = mapped_column(String(200))
+    # Where an undated story sorts: just after the dated stories of its import, so an
+    # undated item never counts as the newest (None: published_at, else created_at).
+    sort_at: Mapped[datetime | None]
 
 
 class Subscriber(Base):

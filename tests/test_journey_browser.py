@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from _web_support import Served, link, start_serve, wait_for
-from conftest import CHROMIUM_ARGS, FEEDS, SMTPServer, chromium_path, start_smtp
+from conftest import CHROMIUM_ARGS, OWN_FEEDS, SMTPServer, chromium_path, start_smtp
 
 pytestmark = pytest.mark.browser
 
@@ -104,7 +104,7 @@ def test_subscribe_confirm_receive_unsubscribe_in_chromium(
         assert not errors, errors  # e.g. a CSP violation
 
         # 3. A digest of featured stories, sent by the real command.
-        _cli(env, tmp_path, "stories", "import", str(FEEDS / "bbc.xml"), "--feature")
+        _cli(env, tmp_path, "stories", "import", str(OWN_FEEDS / "planet.xml"), "--feature")
         _cli(env, tmp_path, "send", "--yes")
         # (the second email is the welcome)
         wait_for(lambda: len(_mails_to(smtp, READER)) == 3, timeout=30)

@@ -23,7 +23,7 @@ def test_readers_migration_keeps_rows_and_checks_and_round_trips(
         config = alembic_config(bare.engine)
         with bare.engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.upgrade(config, "0001")
+            command.upgrade(config, "0005_story_section")
         with sqlite3.connect(path) as raw:  # a reader from before this migration
             raw.execute(
                 "INSERT INTO subscribers (email, name, status, created_at, bounce_count, source)"
@@ -54,7 +54,7 @@ def test_readers_migration_keeps_rows_and_checks_and_round_trips(
             assert "AUTOINCREMENT" in ddl[0]  # ids are still never reused
         with bare.engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.downgrade(config, "0001")
+            command.downgrade(config, "0005_story_section")
             command.upgrade(config, "head")
         with sqlite3.connect(path) as raw:
             assert raw.execute("SELECT email FROM subscribers").fetchall() == [("old@example.com",)]

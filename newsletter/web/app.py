@@ -90,6 +90,7 @@ def create_app(ctx: Context | None = None) -> Flask:
     guard.install(app)
     origins.install(app)
     app.jinja_env.globals.update(
+        language=ctx.settings.language,
         site_name=ctx.settings.site_name,
         postal_address=ctx.settings.postal_address,
         honeypot_field=HONEYPOT_FIELD,

@@ -1,13 +1,12 @@
 """readers: frequency, sections, pause; weekly editions; per-section-set renderings
 
 Revision ID: 0007_readers
-Revises: 0001
+Revises: 0005_story_section
 Create Date: 2026-12-01 09:30:00
 
 ``issues.kind`` gains ``weekly``: its CHECK constraint is rebuilt (SQLite through a
 batch table copy, PostgreSQL by dropping and re-adding the named constraint).
-``stories.section`` is also added by the digest work (issue 10); whichever
-migration runs second finds it there and leaves it.
+The sections readers choose from are ``stories.section`` (0005_story_section).
 """
 
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from alembic import op
 import newsletter.models
 
 revision: str = "0007_readers"
-down_revision: str | None = "0001"
+down_revision: str | None = "0005_story_section"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -32,14 +31,7 @@ def _kind(values: tuple[str, ...]) -> sa.Enum:
     )
 
 
-def _columns(table: str) -> set[str]:
-    return {c["name"] for c in sa.inspect(op.get_bind()).get_columns(table)}
-
-
 def upgrade() -> None:
-    if "section" not in _columns("stories"):
-        with op.batch_alter_table("stories", schema=None) as batch_op:
-            batch_op.add_column(sa.Column("section", sa.String(length=200), nullable=True))
     # A table copy on SQLite: keep AUTOINCREMENT (ids are never reused).
     with op.batch_alter_table(
         "subscribers", schema=None, table_kwargs={"sqlite_autoincrement": True}
