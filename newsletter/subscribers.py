@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from .csvio import CsvReport
 
 IP_MAX = 64
-SUPPRESSED = frozenset({SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED})
+SUPPRESSED = frozenset(
+    {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED}
+)
 
 
 class Suppressed(ValueError):
@@ -62,6 +64,8 @@ def suppression_reason(subscriber: Subscriber) -> str:
         return (
             f"bounced ({subscriber.bounce_count} bounce(s)): never re-added by the CLI or an import"
         )
+    if subscriber.status is SubscriberStatus.COMPLAINED:
+        return "reported our mail as spam: never mailed again, never re-added"
     when = subscriber.unsubscribed_at
     since = f" on {when:%Y-%m-%d}" if when is not None else ""
     return f"unsubscribed{since}: never re-added by the CLI or an import"
@@ -130,7 +134,8 @@ def request_subscription(
       person can come back, but only by confirming (the address stays suppressed
       until then, and an unconfirmed request never turns it into a purgeable
       pending row);
-    * active: None, nothing to send (the web page answers the same either way).
+    * active or complained: None, nothing to send (the web page answers the same
+      either way; someone who reported us as spam gets no mail, not even this).
 
     ``confirm_sent_at`` is set to ``now``: it marks the open request that
     :func:`confirm` requires before it reactivates a suppressed row, and it
@@ -155,8 +160,8 @@ def request_subscription(
         session.add(subscriber)
         session.flush()
         return subscriber
-    if subscriber.status is SubscriberStatus.ACTIVE:
-        return None
+    if subscriber.status in (SubscriberStatus.ACTIVE, SubscriberStatus.COMPLAINED):
+        return None  # a complainer gets no mail at all, not even a confirmation
     if name:
         subscriber.name = name
     subscriber.confirm_sent_at = now

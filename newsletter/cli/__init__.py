@@ -71,9 +71,9 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, preview, sending, server, stories, subscribers, timetable
+    from . import admin, bounces, preview, sending, server, stories, subscribers, timetable
 
-    for module in (stories, subscribers, preview, sending, server, timetable, admin):
+    for module in (stories, subscribers, preview, sending, server, timetable, admin, bounces):
         for command in module.COMMANDS:
             main.add_command(command)
 
