@@ -274,5 +274,7 @@ def test_big_lists_print_the_same_columns_without_rich(
     plain_lines = run("list").stdout.splitlines()
     assert [line.rstrip() for line in plain_lines] == [line.rstrip() for line in rich_lines]
     assert plain_lines[0].split() == ["ID", "Email", "Name", "Status", "Joined", "Confirmed"]
-    assert plain_lines[-1] == "5 subscribers (0 pending, 5 active, 0 unsubscribed, 0 bounced, 0 complained)"
+    assert plain_lines[-1] == (
+        "5 subscribers (0 pending, 5 active, 0 unsubscribed, 0 bounced, 0 complained)"
+    )
     assert len(plain_lines) == 7

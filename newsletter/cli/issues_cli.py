@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 
 from .. import delivery, ledger
+from ..bounces.report import IssueBounces, issue_bounces
 from ..engine import lease_name
 from ..lease import current
-from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
+from ..models import BounceType, Delivery, DeliveryStatus, Issue, IssueStatus
 from . import AppState, pass_state
 from .sendview import console, run_issue
 
@@ -72,6 +74,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
         next_retry = ledger.next_retry(session, issue_id)
         holder = current(session, lease_name(issue_id))
         stories = [(link.story.id, link.story.title) for link in issue.stories]
+        came_back = issue_bounces(session, issue_id)
         errors = session.execute(
             select(Delivery.status, Delivery.last_code, Delivery.last_response, func.count())
             .where(
@@ -111,6 +114,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
         table.add_row(kind.value, f"{counts[kind]:,}")
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values()):,}[/bold]")
     console.print(table)
+    _print_bounces(came_back)
     left = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
     if left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
         retry = f", next retry {next_retry:%H:%M:%S} UTC" if next_retry else ""
@@ -120,6 +124,22 @@ def show_issue(state: AppState, issue_id: int) -> None:
         for row_status, code, text, n in errors:
             err.add_row(DeliveryStatus(row_status).value, f"{code or ''} {text}".strip(), f"{n:,}")
         console.print(err)
+
+
+def _print_bounces(report: IssueBounces) -> None:
+    """Bounced/complained/policy counts after the 250 (issue 11), and the policy warning."""
+    table = Table("After delivery", "Count")
+    for label, kind in (
+        ("Bounced (hard)", BounceType.HARD),
+        ("Soft bounces", BounceType.SOFT),
+        ("Complained", BounceType.COMPLAINT),
+        ("Policy (refused us)", BounceType.POLICY),
+    ):
+        table.add_row(label, f"{report.count(kind):,}")
+    console.print(table)
+    warning = report.policy_warning
+    if warning is not None:  # the diagnostic is a remote server's text: no markup
+        console.print(Text("Warning: " + warning, style="bold red"))
 
 
 @issues_group.command("resume")
