@@ -37,6 +37,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from . import headers, webguard
+from .bounces.http import blueprint as webhooks_blueprint
 from .context import Context
 from .models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from .tokens import ExpiredToken, InvalidToken
@@ -102,6 +103,7 @@ def create_app(ctx: Context | None = None) -> Flask:
         honeypot_field=HONEYPOT_FIELD,
     )
     _routes(app, state)
+    app.register_blueprint(webhooks_blueprint)
     return app
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "Event",
     "SnsResult",
     "SnsVerifier",
+    "fetch_https",
     "mailgun",
     "postmark",
     "sendgrid",
@@ -280,7 +281,7 @@ def sns_cert_url_allowed(url: str) -> bool:
     return bool(_SNS_HOST.fullmatch(url)) and url.endswith(".pem")
 
 
-def _fetch_https(url: str) -> bytes:
+def fetch_https(url: str) -> bytes:
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - https, allow-listed
@@ -318,7 +319,7 @@ class SnsVerifier:
         self, topic_arns: tuple[str, ...], fetch: Callable[[str], bytes] | None = None
     ) -> None:
         self._topics = frozenset(topic_arns)
-        self._fetch = fetch or _fetch_https
+        self._fetch = fetch or fetch_https
         self._certs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
