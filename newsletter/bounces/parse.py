@@ -167,12 +167,12 @@ def _decoded(part: Message) -> str:
     return text.replace("\r\n", "\n")
 
 
-def _block(msg: Message) -> str:
+def _block(msg: Message, body: bool = True) -> str:
     """A header-only Message (one group of a delivery-status part) back as text."""
-    body = msg.get_payload()
+    payload = msg.get_payload() if body else None
     lines = [f"{k}: {v}" for k, v in msg.items()]
-    if isinstance(body, str) and body.strip():  # lines the header parser gave up on
-        lines.append(body.rstrip("\n"))
+    if isinstance(payload, str) and payload.strip():  # lines the header parser gave up on
+        lines.append(payload.rstrip("\n"))
     return "\n".join(lines)
 
 
@@ -201,7 +201,7 @@ def _original_texts(msg: Message, parts: list[Message], raw: bytes) -> str:
         if ctype in ("message/rfc822", "message/global"):
             inner = part.get_payload()
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-                pieces.append(inner[0].as_string(policy=compat32))
+                pieces.append(_block(inner[0], body=False))  # its headers identify it
             else:
                 pieces.append(_decoded(part))
         elif ctype == "text/rfc822-headers" or part.get_filename():
@@ -432,13 +432,16 @@ def _header(msg: Message, name: str) -> str:
 
 
 def _flufl(msg: Message) -> list[str]:
-    """Mailman's detectors, shown the notice without the attached original."""
+    """Mailman's detectors, shown the notice without the attached original.
+
+    The originals are cut out of ``msg`` itself (the last use of it in
+    :func:`analyse`): re-serialising a copy cost more than the rest of the parse.
+    """
     from flufl.bounce import all_failures
 
-    bare = email.message_from_bytes(msg.as_bytes(policy=compat32), policy=compat32)
-    _drop_originals(bare)
+    _drop_originals(msg)
     try:
-        temporary, permanent = all_failures(bare)
+        temporary, permanent = all_failures(msg)
     except Exception:  # a detector tripping on odd MIME: our own reading follows
         return []
     found = []
