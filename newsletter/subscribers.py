@@ -34,7 +34,7 @@ from .addresses import NAME_MAX as NAME_MAX
 from .addresses import InvalidEmail as InvalidEmail
 from .addresses import clean_name as clean_name
 from .addresses import normalise_email as normalise_email
-from .models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from .models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 
 if TYPE_CHECKING:
     from .csvio import CsvReport
@@ -277,8 +277,9 @@ def remove(
 ) -> Removal:
     """Unsubscribe ``email`` keeping the row, or with ``erase`` delete all their data.
 
-    Erasure deletes the subscriber row and every delivery row (which hold their
-    Message-IDs and SMTP replies that may quote the address).  Afterwards the
+    Erasure deletes the subscriber row, every delivery row (which hold their
+    Message-IDs and SMTP replies that may quote the address) and every recorded
+    bounce or complaint that names them or the address.  Afterwards the
     address is no longer known, so it is no longer suppressed either: that is
     what erasure means.  Raises :class:`UnknownSubscriber` / :class:`InvalidEmail`.
     """
@@ -292,6 +293,14 @@ def remove(
     deleted = session.execute(
         delete(Delivery)
         .where(Delivery.subscriber_id == subscriber.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(  # bounce reports quote the address, matched to this row or not
+        delete(BounceEvent)
+        .where(
+            (BounceEvent.subscriber_id == subscriber.id)
+            | (BounceEvent.recipient == subscriber.email)
+        )
         .execution_options(synchronize_session=False)
     )
     session.delete(subscriber)

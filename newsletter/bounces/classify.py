@@ -197,6 +197,13 @@ def classify(status: str | None, diagnostic: str, context: str = "") -> str:
         kind = _status_class(code)
     if kind is None:
         kind = rule_class(context)
-    if kind == HARD and _VETO.search(context):
-        return SOFT
+    if kind == HARD and (_VETO.search(context) or _temporary(code, diagnostic)):
+        return SOFT  # contradicted by the notice, or the server itself said "try later"
     return kind or SOFT
+
+
+def _temporary(code: str | None, diagnostic: str) -> bool:
+    """A 4.x.x status or a 4xx reply: whatever the words, the server meant "not now"."""
+    if code is not None and code.startswith("4"):
+        return True
+    return bool(re.match(r"\s*4\d\d\b", diagnostic))

@@ -15,6 +15,7 @@ from conftest import Received, SMTPServer
 from sqlalchemy import func, select
 
 from newsletter import delivery, ledger
+from newsletter import subscribers as subs
 from newsletter.bounces.scan import scan
 from newsletter.bounces.verp import TagSigner, tag_from_address
 from newsletter.cli import main
@@ -297,3 +298,16 @@ def test_subscribers_list_status_complained(
         and email_for(1) in listed.output
         and email_for(0) not in listed.output
     )
+
+
+def test_erasure_removes_bounce_events_naming_the_person(
+    verp_ctx: Context, smtp_server: SMTPServer, tmp_path: Path
+) -> None:
+    _, sent = _send(verp_ctx, smtp_server, n=2)
+    unmatched = dsn_for(sent[0], to=BOUNCES, quote=False)  # no tag: recorded unmatched
+    scan(verp_ctx, [str(maildir(tmp_path / "md", [dsn_for(sent[0]), unmatched, dsn_for(sent[1])]))])
+    with verp_ctx.db.write() as session:
+        subs.remove(session, email_for(0), erase=True)
+    with verp_ctx.db.read() as session:
+        left = session.scalars(select(BounceEvent.recipient)).all()
+    assert left == [email_for(1)]

@@ -84,6 +84,8 @@ def test_delayed_dsn_is_a_warning_not_a_bounce() -> None:
         ("5.0.0", "550 Something we have never heard of", "soft"),
         (None, "554 delivery error: This user doesn't have a yahoo.com account", "hard"),
         ("5.4.4", "Host or domain name not found", "hard"),
+        ("4.2.0", "450 4.2.0 mailbox unavailable", "soft"),
+        (None, "450 Requested action not taken: mailbox unavailable", "soft"),
     ],
 )
 def test_classify_reads_text_before_codes(status: str | None, text: str, kind: str) -> None:
