@@ -67,6 +67,15 @@ _BOUNCE_SUBJECT = re.compile(
     r"returned mail|rejected|error sending|mail error|bounce",
     re.IGNORECASE,
 )
+_REPLY_SUBJECT = re.compile(r"\s*(re|fwd?|aw|wg|sv|vs|tr|rif|antw)\s*(\[\d+\])?\s*:", re.I)
+# A delay warning in words (the DSN form is Action: delayed): not a bounce.
+_WARNING = re.compile(
+    r"\bTHIS IS A WARNING\b|\bwarning: message\b.{0,40}\bdelayed\b|has not yet been delivered|"
+    r"\bno action is required\b|\bwill (continue to )?(be )?retr(y|ied)\b|"
+    r"\bdelivery attempts will continue\b|\bstill (being )?(retried|trying)\b|"
+    r"^\s*delayed mail\b|\bdelivery (status notification )?\(delay\)",
+    re.IGNORECASE | re.MULTILINE,
+)
 _AUTOREPLY_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|auto:|out of (the )?office|away|"
     r"vacation|on leave|abwesenheit|absence|r[ée]ponse automatique|respuesta autom)",
@@ -353,7 +362,7 @@ def _is_daemon(msg: Message) -> bool:
 
 def _autoreply(msg: Message, parts: list[Message], notice: str) -> list[Finding]:
     """An RFC 3834 auto-reply (or a pre-3834 vacation message), but never a bounce."""
-    if _is_daemon(msg) or _BOUNCE_SUBJECT.search(str(msg.get("Subject", ""))):
+    if _is_daemon(msg) or _bounce_subject(msg):
         return []
     submitted = str(msg.get("Auto-Submitted", "")).strip().lower()
     precedence = str(msg.get("Precedence", "")).strip().lower()
@@ -372,9 +381,15 @@ def _autoreply(msg: Message, parts: list[Message], notice: str) -> list[Finding]
 # --- free-text bounces ---------------------------------------------------------------
 
 
+def _bounce_subject(msg: Message) -> bool:
+    """A failure title, not a person's reply or forward ("Re: delivery failure?")."""
+    subject = str(msg.get("Subject", ""))
+    return not _REPLY_SUBJECT.match(subject) and bool(_BOUNCE_SUBJECT.search(subject))
+
+
 def _is_bounce(msg: Message, parts: list[Message], notice: str) -> bool:
     """From a mail system, titled as a failure, or a failure notice quoting the original."""
-    if _is_daemon(msg) or _BOUNCE_SUBJECT.search(str(msg.get("Subject", ""))):
+    if _is_daemon(msg) or _bounce_subject(msg):
         return True
     if msg.get("X-Failed-Recipients") is not None:
         return True
@@ -394,6 +409,10 @@ def _text_bounce(msg: Message, parts: list[Message], notice: str, originals: str
         recipients = [single] if single else []
     if not (recipients or explained):
         return []  # says that something failed, but neither for whom nor why
+    if _WARNING.search(notice) or _WARNING.search(str(msg.get("Subject", ""))):
+        text = _squash(diagnostic) or _first_line(notice)
+        targets: list[str | None] = list(recipients) or [None]
+        return [Finding(r, "none", status, text, action="delayed") for r in targets]
     kind = cls.classify(status, diagnostic, notice)
     text = _squash(diagnostic) or _first_line(notice)
     if not recipients:

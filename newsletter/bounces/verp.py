@@ -37,13 +37,14 @@ class InvalidTag(ValueError):
 
 
 def _b36(number: int) -> str:
-    if number <= 0:
-        raise ValueError("ids are positive")
+    if number < 0:
+        raise ValueError("ids are not negative")
     out = ""
-    while number:
+    while True:
         number, digit = divmod(number, 36)
         out = _DIGITS[digit] + out
-    return out
+        if not number:
+            return out
 
 
 class TagSigner:
