@@ -56,7 +56,7 @@ _POLICY = _rx(
     r"\b(not permitted to|unable to|we do not|cannot|can't) relay\b",
     r"\brelay through this server\b",
     r"\b(virus|malware|phishing|infected|suspicious)\b",
-    r"\bcontent (filter|rejected|policy)|\bmessage content\b|\bcontent was rejected",
+    r"\bcontent (filter|rejected|policy|restrictions?)|\bmessage content\b|\bcontent was rejected",
     r"\bpolicy (violation|reasons?|rejection)|\b(rejected|refused|denied) (by|due to|for) "
     r"(local |our |security )?polic",
     r"\b(due to|for) (local |security )?polic(y|ies)\b",
