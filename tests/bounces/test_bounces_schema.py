@@ -44,7 +44,8 @@ def test_migration_keeps_deliveries_and_allows_complained(tmp_path: Path) -> Non
         conn.execute(
             text(
                 "INSERT INTO subscribers"
-                " (id, email, name, status, created_at, bounce_count, source) VALUES (7, 'a@example.org', '', 'active', '2026-01-01 00:00:00', 0, 'cli')"
+                " (id, email, name, status, created_at, bounce_count, source)"
+                " VALUES (7, 'a@example.org', '', 'active', '2026-01-01 00:00:00', 0, 'cli')"
             )
         )
         conn.execute(
