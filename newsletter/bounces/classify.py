@@ -30,8 +30,10 @@ def _rx(*alternatives: str) -> re.Pattern[str]:
 
 # The receiver refused *us*: reputation, content, authentication, relaying.
 _SENDER = _rx(
-    r"\bsender\b.{0,40}\b(rejected|denied|refused|blocked|not (allowed|permitted)|"
-    r"verif\w+ fail\w*|unknown|invalid)",
+    r"\b(sender|mail from|envelope from|from address|return[- ]path)\b.{0,60}\b(rejected|denied|"
+    r"refused|blocked|not (allowed|permitted|verified)|verif\w+ fail\w*|unknown|invalid|"
+    r"(does not|doesn't|not) exist|not found|unroutable)",
+    r"\b(unroutable|invalid|unknown|bogus|empty|null|unverified) (sender|mail from|envelope)",
     r"\b(rejected|refused|blocked|denied)\b.{0,20}\bsender\b",
     r"\bsender (address|domain) (rejected|denied|verification)",
     r"\bfrom address\b.{0,30}\b(rejected|invalid|refused)",
@@ -53,7 +55,7 @@ _POLICY = _rx(
     r"\bnot authori[sz]ed\b",
     r"\breverse (dns|lookup)|\bptr record|\brdns\b",
     r"\brelay(ing)?\b.{0,30}\b(denied|not (allowed|permitted)|prohibited|refused)",
-    r"\b(not permitted to|unable to|we do not|cannot|can't) relay\b",
+    r"\b(not permitted to|not allowed to|unable to|we do not|cannot|can't) relay\b",
     r"\brelay through this server\b",
     r"\b(virus|malware|phishing|infected|suspicious)\b",
     r"\bcontent (filter|rejected|policy|restrictions?)|\bmessage content\b|\bcontent was rejected",
@@ -66,12 +68,21 @@ _POLICY = _rx(
     r"\baccess denied\b",
     r"\bnot accepted due to\b",
     r"\bsuspected\b",
+    r"\bdynamic (ip|dns|address|pool)|\bfrom (your|this|dynamic) (ip|server|host|network)\b",
+    r"\b(illegal|forbidden|prohibited|dangerous|executable) (\w+ )?(attachments?|files?)|"
+    r"\bmail with attachments|\battachments? (are|is) not|\bmass mailer|\blow priority|"
+    r"\bheaders? (error|are not)|"
+    r"\bprotocol violation|\borgani[sz]ation(al)? (policy|settings)",
+    r"\bmailing list\b|\bmembers[- ]only|\bnot subscribed to (this|the) (group|list)|\bnon-?member",
+    r"\bauthenticat(e|es|ed|ion)\b(?!-results)|\btls (is )?required|\brequires? (starttls|tls)|"
+    r"\binsecure\b|\bverification fail|\brcpthosts?\b",
     r"\bintrusion\b",
 )
 # The reader's mailbox exists but cannot take mail now (or the network failed).
 _SOFT = _rx(
     r"\bmailbox (is |was )?(full|over|exceed\w*)",
     r"\b(over|exceed\w*) (the |its |his |her |their )?(quota|storage|allocat\w+)",
+    r"\bexceed\w*\b.{0,30}\b(storage|quota|disk|space)\b",
     r"\bquota\b",
     r"\b(mail ?box|mail ?folder|in-?box|mail ?drop)\b.{0,15}\bfull\b",
     r"\b(disk|storage) (space|full|allocation|limit)",
@@ -93,11 +104,40 @@ _SOFT = _rx(
     r"locked|frozen|on hold|blocked for)",
     r"\b(disabled|suspended|inactive|deactivated)\b.{0,20}\b(account|mailbox|user)",
     r"\bupstream error\b",
+    # the network or the receiving system failed, not the address
+    r"not found, try again|\bno route to host|\bhost (is )?unreachable|\bunable to resolve|"
+    r"\bunrouteable mail domain|\bname server|\bdns records\b.{0,40}\bcould not be found|"
+    r"\bcould not connect|\bserver did not respond|\bgiving up on\b|\bqueue too long|"
+    r"\bnot been collected|\bqueue period|\bnot reachable\b|\bcould not find a gateway|"
+    r"\bloop(ing|s|ed)?\b",
+    r"\b(configuration|config|internal|system|queue file|write|local) error\b|\bmisconfigured|"
+    r"\bservice (is )?(currently )?unavailable|\binterrupted system call|\bcould not load\b|"
+    r"\bcan'?t create\b|\btransaction failed\b|\bno mdb\b|\bencountered an error|"
+    r"\btimeout waiting|\bnumerous attempts|\bconnection limit|\bper (hour|day|minute)\b|"
+    r"\bsessions? for this host|\bmaximum connection|\btemporary local problem",
 )
 # The address is gone: no such user, mailbox or domain.
+_HARD_FIRST = _rx(  # Microsoft's directory-based edge blocking: no such recipient
+    r"\b5\.4\.1\b.{0,40}recipient address rejected: access denied",
+    r"recipient address rejected: access denied\W{0,3}AS\(\d+\)",
+)
 _HARD = _rx(
-    r"\b(user|recipient|mailbox|address|account|addressee)s? (is )?unknown\b",
-    r"\bunknown (user|recipient|mailbox|address|account|local[- ]part|alias)",
+    r"\b(user|recipient|mailbox|address|account|addressee)(s|es)? (is |are |was |were )?unknown\b",
+    r"\bunknown (\w+ )?(user|recipient|mailbox|address|account|local[- ]part|alias)",
+    r"\b(address|mailbox|user|recipient)s? (is )?not present\b|\bnot (present|listed) in (the )?"
+    r"\w* ?(directory|address book)",
+    r"\b(address|mailbox|user|recipient|account)\b.{0,20}\b(could not|couldn't|can ?not) be found",
+    r"\b(user|address|mailbox|account|recipient) (is )?not (an? )?active\b|"
+    r"\bnot an? active (address|user|mailbox|account)",
+    r"\b(user|recipient|mailbox|address|account|e-?mail) (is )?invalid\b",
+    r"\bno mail ?box (available|here|by that name|found)",
+    r"\b(account|user|recipient|mailbox) (is )?(unavailable|not available)\b",
+    r"\bnot a local (address|user|recipient)",
+    r"\bbad ?rcpt ?to\b|\bvalid ?rcpt ?to\b|\bbad ?recipient ?to\b",
+    r"\bno (one|such person) at this address|\bno longer accepts? (e-?)?mail",
+    r"\bdomain must exist|\bname or service not known|\b(account|domain|address|user) "
+    r"(or \w+ )?may not exist",
+    r"\brejected (the )?recipients?\b|\brecipients? (were|was) unknown",
     r"\bno such (user|recipient|mailbox|address|account|person|local user|domain|host)",
     r"\b(user|recipient|mailbox|address|account)s?\b.{0,25}"
     r"\b(does ?n[o']t|doesn't|no longer|did not) exist",
@@ -108,7 +148,7 @@ _HARD = _rx(
     r"\binvalid (user|recipient|mailbox|address|account|e-?mail|destination)",
     r"\bno (mailbox|account|user) (here|by that name|found)",
     r"\bno valid recipients?\b",
-    r"\bbad destination mailbox|\bmailbox unavailable\b|\bmailbox not available\b",
+    r"\bbad destination mailbox|\bmailbox (is )?(unavailable|not available)\b",
     r"\brecipientnotfound\b|\bresolver\.adr\b",
     r"\b(doesn't|does not) have an? .{0,40}\baccount\b",
     r"\b(host|domain) (name )?(not found|unknown|does not exist|lookup failed)",
@@ -149,6 +189,8 @@ def rule_class(text: str) -> str | None:
     """The class the words alone give: sender's problem, full mailbox, gone, or None."""
     if not text:
         return None
+    if _HARD_FIRST.search(text):
+        return HARD
     if _SENDER.search(text) or _POLICY.search(text):
         return POLICY
     if _SOFT.search(text):
