@@ -117,9 +117,9 @@ _SOFT = _rx(
     r"\bsessions? for this host|\bmaximum connection|\btemporary local problem",
 )
 # The address is gone: no such user, mailbox or domain.
-_HARD_FIRST = _rx(  # Microsoft's directory-based edge blocking: no such recipient
-    r"\b5\.4\.1\b.{0,40}recipient address rejected: access denied",
-    r"recipient address rejected: access denied\W{0,3}AS\(\d+\)",
+_HARD_FIRST = _rx(  # about the recipient even though "access denied" sounds like policy
+    # Postfix's recipient-access REJECT, Microsoft's directory-based edge blocking
+    r"\brecipient address rejected: access denied",
 )
 _HARD = _rx(
     r"\b(user|recipient|mailbox|address|account|addressee)(s|es)? (is |are |was |were )?unknown\b",
@@ -239,9 +239,18 @@ def classify(status: str | None, diagnostic: str, context: str = "") -> str:
         kind = _status_class(code)
     if kind is None:
         kind = rule_class(context)
-    if kind == HARD and (_VETO.search(context) or _temporary(code, diagnostic)):
+    if kind == HARD and (_contradicts(context, diagnostic) or _temporary(code, diagnostic)):
         return SOFT  # contradicted by the notice, or the server itself said "try later"
     return kind or SOFT
+
+
+def _contradicts(context: str, diagnostic: str) -> bool:
+    """The notice speaks of a full mailbox or the sender in words the diagnostic lacks.
+
+    (Notices usually repeat the diagnostic: its own words do not count against it.)
+    """
+    said = " ".join(diagnostic.lower().split())
+    return any(m.group(0).lower() not in said for m in _VETO.finditer(" ".join(context.split())))
 
 
 def _temporary(code: str | None, diagnostic: str) -> bool:

@@ -421,9 +421,27 @@ def _text_bounce(msg: Message, parts: list[Message], notice: str, originals: str
 
 
 def _diagnostic(notice: str) -> str:
-    """The remote server's words: SMTP reply lines quoted in the notice."""
-    lines = [m.group(0).strip() for m in _SMTP_REPLY.finditer(notice)]
-    return "\n".join(line for line in lines if len(line) > 4)
+    """The remote server's words: SMTP replies quoted in the notice, with their
+    indented continuation lines (MTAs wrap long replies: "550 5.1.1 <a@b>:" then
+    "    Recipient address rejected: User unknown")."""
+    lines = notice.split("\n")
+    replies: list[str] = []
+    n = 0
+    while n < len(lines):
+        match = _SMTP_REPLY.search(lines[n])
+        n += 1
+        if not match:
+            continue
+        reply = [match.group(0).strip()]
+        while n < len(lines) and len(reply) < 5 and lines[n][:1] in (" ", "\t"):
+            if not lines[n].strip() or _SMTP_REPLY.match(lines[n].strip()):
+                break
+            reply.append(lines[n].strip())
+            n += 1
+        text = " ".join(reply)
+        if len(text) > 4:
+            replies.append(text)
+    return "\n".join(replies)
 
 
 def _text_recipients(msg: Message, notice: str) -> list[str]:

@@ -78,7 +78,12 @@ def test_delayed_dsn_is_a_warning_not_a_bounce() -> None:
         ("5.1.8", "553 5.1.8 Domain of sender address does not exist", "policy"),
         ("5.7.1", "550 5.7.1 Message rejected as spam by Content Filtering", "policy"),
         ("5.7.26", "Unauthenticated email is not accepted due to domain's DMARC policy", "policy"),
-        ("5.7.1", "554 5.7.1 <x@example.org>: Recipient address rejected: Access denied", "policy"),
+        ("5.7.1", "554 5.7.1 <x@example.org>: Recipient address rejected: Access denied", "hard"),
+        (
+            "5.7.1",
+            "554 5.7.1 <bounce@example.org>: Sender address rejected: Access denied",
+            "policy",
+        ),
         ("5.4.1", "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", "hard"),
         ("5.0.0", "550 Domain of sender address x.example does not exist", "policy"),
         ("5.0.0", "554 We do not accept mail from dynamic IPs", "policy"),
