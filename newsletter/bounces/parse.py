@@ -291,9 +291,15 @@ def _feedback(parts: list[Message], originals: str) -> list[Finding]:
             for key, value in group.items():
                 report.setdefault(key, value)
         recipient = _address(report.get("original-rcpt-to")) or _original_to(originals)
-        kind = report.get("feedback-type", "abuse").strip().lower()
-        return [Finding(recipient, "complaint", text=f"feedback: {kind}", feedback_type=kind)]
+        kind = (report.get("feedback-type") or "abuse").strip().lower()
+        verdict = _FEEDBACK_TYPES.get(kind, "complaint")
+        return [Finding(recipient, verdict, text=f"feedback: {kind}", feedback_type=kind)]
     return []
+
+
+# RFC 5965/6591 feedback types: only a reader's "this is spam" is a complaint.  An
+# auth-failure report is about our SPF/DKIM/DMARC; "not-spam" is the opposite.
+_FEEDBACK_TYPES = {"auth-failure": "policy", "virus": "policy", "not-spam": "none"}
 
 
 def _original_to(originals: str) -> str | None:
