@@ -76,6 +76,13 @@ _WARNING = re.compile(
     r"^\s*delayed mail\b|\bdelivery (status notification )?\(delay\)",
     re.IGNORECASE | re.MULTILINE,
 )
+_AWAY = re.compile(  # the opening words of a vacation or out-of-office message
+    r"\b(out of (the )?office|on (annual |parental |sick )?(leave|vacation|holiday)|"
+    r"away from (the |my )?(office|desk)|i am (currently )?away|i'm (currently )?away|"
+    r"limited access to (my )?e-?mail|(respond|reply|get back to you)\b.{0,40}\b(upon|on|after) "
+    r"my return|no longer (work|working) (at|for|with))",
+    re.IGNORECASE,
+)
 _AUTOREPLY_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|auto:|out of (the )?office|away|"
     r"vacation|on leave|abwesenheit|absence|r[ée]ponse automatique|respuesta autom)",
@@ -378,6 +385,7 @@ def _autoreply(msg: Message, parts: list[Message], notice: str) -> list[Finding]
         or msg.get("X-Autorespond") is not None
         or precedence == "auto_reply"
         or bool(_AUTOREPLY_SUBJECT.search(str(msg.get("Subject", ""))))
+        or bool(_AWAY.search(notice[:800]))
     )
     if not flagged:
         return []
