@@ -76,7 +76,7 @@ class BouncesRun(Outcome):
 
 def poll_bounces(ctx: Context) -> BouncesRun:
     """Scan NEWSLETTER_BOUNCE_MAILBOX once (processed messages leave the inbox)."""
-    from .bounces.scan import scan
+    from newsletter.bounces.scan import scan
 
     mailbox = ctx.settings.bounce_mailbox
     if not mailbox:

@@ -236,7 +236,7 @@ class MessageFactory:
         text: str,
         kind: str = "digest",
     ) -> None:
-        from .bounces.verp import TagSigner, feedback_id
+        from newsletter.bounces.verp import TagSigner, feedback_id
 
         settings = ctx.settings
         base = header_safe(settings.base_url)
@@ -328,7 +328,7 @@ def build_single(
             raise ValueError("unsubscribe_url must be an http(s) URL")
         unsubscribe_url = checked
     archive = f"{base}/archive/{issue_id}" if issue_id is not None else f"{base}/archive"
-    from .bounces.verp import feedback_id
+    from newsletter.bounces.verp import feedback_id
 
     sender = headers.addr_spec(settings.from_email).rpartition("@")[2]
     compiled = _Compiled(

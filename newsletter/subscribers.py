@@ -29,12 +29,14 @@ from typing import IO, TYPE_CHECKING
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.models import BounceEvent  # issue 11 (absolute: survives the package move)
+
 # Address and name rules live in .addresses; re-exported, callers use them from here.
 from .addresses import NAME_MAX as NAME_MAX
 from .addresses import InvalidEmail as InvalidEmail
 from .addresses import clean_name as clean_name
 from .addresses import normalise_email as normalise_email
-from .models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from .models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 
 if TYPE_CHECKING:
     from .csvio import CsvReport

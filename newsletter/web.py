@@ -36,8 +36,9 @@ from flask import Flask, Response, abort, render_template, request
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from newsletter.bounces.http import blueprint as webhooks_blueprint
+
 from . import headers, webguard
-from .bounces.http import blueprint as webhooks_blueprint
 from .context import Context
 from .models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from .tokens import ExpiredToken, InvalidToken

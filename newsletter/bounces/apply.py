@@ -22,6 +22,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -36,7 +37,6 @@ from ..models import (
     SubscriberStatus,
     utcnow,
 )
-from ..tokens import InvalidToken, Tokens
 from .parse import Finding
 from .verp import InvalidTag, TagSigner
 
@@ -66,6 +66,12 @@ def message_key(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
+class UnsubscribeTokens(Protocol):
+    """What matching needs of the app's token signer (raises ValueError when forged)."""
+
+    def read_unsubscribe(self, token: str) -> int: ...
+
+
 @dataclass
 class _Match:
     delivery: Delivery | None
@@ -76,7 +82,7 @@ class _Match:
 class Matcher:
     """Finds the delivery a finding belongs to (read-only; usable in a dry run)."""
 
-    def __init__(self, signer: TagSigner, tokens: Tokens) -> None:
+    def __init__(self, signer: TagSigner, tokens: UnsubscribeTokens) -> None:
         self._signer = signer
         self._tokens = tokens
 
@@ -106,7 +112,7 @@ class Matcher:
                     Subscriber, self._tokens.read_unsubscribe(finding.unsubscribe_token)
                 )
                 how = "unsubscribe token"
-            except InvalidToken:
+            except ValueError:  # tokens.InvalidToken
                 return _Match(None, None, "unmatched: forged unsubscribe token")
         if subscriber is None and trust_address:
             for address in (finding.recipient, finding.original_recipient):
