@@ -76,6 +76,11 @@ _WARNING = re.compile(
     r"^\s*delayed mail\b|\bdelivery (status notification )?\(delay\)",
     re.IGNORECASE | re.MULTILINE,
 )
+_SUCCESS = re.compile(
+    r"\(success\)|\bsuccessfully delivered\b|\bdelivery (to the following recipients? )?"
+    r"(was |has been )?(completed|successful|succeeded)|\b(has|have) been (relayed|delivered)\b",
+    re.IGNORECASE,
+)
 _AWAY = re.compile(  # the opening words of a vacation or out-of-office message
     r"\b(out of (the )?office|on (annual |parental |sick )?(leave|vacation|holiday)|"
     r"away from (the |my )?(office|desk)|i am (currently )?away|i'm (currently )?away|"
@@ -423,6 +428,9 @@ def _text_bounce(msg: Message, parts: list[Message], notice: str, originals: str
         recipients = [single] if single else []
     if not (recipients or explained):
         return []  # says that something failed, but neither for whom nor why
+    if _delivered(status, diagnostic, notice, str(msg.get("Subject", ""))):
+        first = recipients[0] if recipients else None
+        return [Finding(first, "none", status, _first_line(notice), action="delivered")]
     if _WARNING.search(notice) or _WARNING.search(str(msg.get("Subject", ""))):
         text = _squash(diagnostic) or _first_line(notice)
         targets: list[str | None] = list(recipients) or [None]
@@ -432,6 +440,14 @@ def _text_bounce(msg: Message, parts: list[Message], notice: str, originals: str
     if not recipients:
         return [Finding(None, kind, status, text)]
     return [Finding(r, kind, status, text) for r in recipients]
+
+
+def _delivered(status: str | None, diagnostic: str, notice: str, subject: str) -> bool:
+    """A success notice (delivered, relayed) in words: every quoted reply is 2xx, or it says so."""
+    codes = re.findall(r"(?<![\w.])([245])\d\d[ -]", diagnostic)
+    if (status or "").startswith("2") or (codes and set(codes) == {"2"}):
+        return True
+    return bool(_SUCCESS.search(subject) or _SUCCESS.search(notice[:600])) and not codes
 
 
 def _diagnostic(notice: str) -> str:
