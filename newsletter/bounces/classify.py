@@ -71,7 +71,8 @@ _POLICY = _rx(
     r"\bdynamic (ip|dns|address|pool)|\bfrom (your|this|dynamic) (ip|server|host|network)\b",
     r"\b(illegal|forbidden|prohibited|dangerous|executable) (\w+ )?(attachments?|files?)|"
     r"\bmail with attachments|\battachments? (are|is) not|\bmass mailer|\blow priority|"
-    r"\bheaders? (error|are not)|"
+    r"\bheaders? (error|are not)|\bheaders?\b.{0,30}\b(size|exceeds|invalid|duplicate|improper)|"
+    r"\bduplicate header|\bmime (complexity|headers?)|\bbase64 encoding|\bbinary content|"
     r"\bprotocol violation|\borgani[sz]ation(al)? (policy|settings)",
     r"\bmailing list\b|\bmembers[- ]only|\bnot subscribed to (this|the) (group|list)|\bnon-?member",
     r"\bauthenticat(e|es|ed|ion)\b(?!-results)|\btls (is )?required|\brequires? (starttls|tls)|"
@@ -106,7 +107,8 @@ _SOFT = _rx(
     r"\bupstream error\b",
     # the network or the receiving system failed, not the address
     r"not found, try again|\bno route to host|\bhost (is )?unreachable|\bunable to resolve|"
-    r"\bunrouteable mail domain|\bname server|\bdns records\b.{0,40}\bcould not be found|"
+    r"\bunrouteable mail domain|\bname server (reply|timeout|failure|error)|\bmalformed\b|"
+    r"\bdns records\b.{0,40}\bcould not be found|"
     r"\bcould not connect|\bserver did not respond|\bgiving up on\b|\bqueue too long|"
     r"\bnot been collected|\bqueue period|\bnot reachable\b|\bcould not find a gateway|"
     r"\bloop(ing|s|ed)?\b",
@@ -157,7 +159,8 @@ _HARD = _rx(
     r"\bnull mx\b|\bdoes not accept (e-?)?mail\b|\bnot accept(ing)? (any )?(e-?)?mail\b",
     r"\b(has|have) moved\b|\bno longer (valid|available|in use|with)\b|"
     r"\baddress (has )?changed\b",
-    r"\bnot our customer\b|\bnot listed in\b.{0,20}\b(directory|address book)",
+    r"\bhas been replaced by\b|\bnot our customer\b|"
+    r"\bnot listed in\b.{0,20}\b(directory|address book)",
     r"\b(user|recipient|address) (rejected|invalid)\b",
 )
 # In the rest of a notice, words that make an "unknown user" diagnostic doubtful.
