@@ -43,9 +43,9 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, dkim, preview, sending, server, stories, subscribers, timetable
+    from . import admin, bounces, dkim, preview, sending, server, stories, subscribers, timetable
 
-    for module in (stories, subscribers, preview, sending, server, timetable, admin, dkim):
+    for module in (stories, subscribers, preview, sending, server, timetable, admin, dkim, bounces):
         for command in module.COMMANDS:
             main.add_command(command)
 
