@@ -13,6 +13,13 @@ from alembic import command
 from newsletter.config import Settings
 from newsletter.db import Database, alembic_config
 
+_MIGRATION = Path(__file__).resolve().parents[1] / "newsletter/migrations/versions/0007_readers.py"
+PREVIOUS = next(
+    line.split("=", 1)[1].strip().strip('"')
+    for line in _MIGRATION.read_text().splitlines()
+    if line.startswith("down_revision")
+)
+
 
 def test_readers_migration_keeps_rows_and_checks_and_round_trips(
     make_settings: Callable[..., Settings], tmp_path: Path
@@ -23,7 +30,7 @@ def test_readers_migration_keeps_rows_and_checks_and_round_trips(
         config = alembic_config(bare.engine)
         with bare.engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.upgrade(config, "0005_story_section")
+            command.upgrade(config, PREVIOUS)
         with sqlite3.connect(path) as raw:  # a reader from before this migration
             raw.execute(
                 "INSERT INTO subscribers (email, name, status, created_at, bounce_count, source)"
@@ -54,7 +61,7 @@ def test_readers_migration_keeps_rows_and_checks_and_round_trips(
             assert "AUTOINCREMENT" in ddl[0]  # ids are still never reused
         with bare.engine.begin() as conn:
             config.attributes["connection"] = conn
-            command.downgrade(config, "0005_story_section")
+            command.downgrade(config, PREVIOUS)
             command.upgrade(config, "head")
         with sqlite3.connect(path) as raw:
             assert raw.execute("SELECT email FROM subscribers").fetchall() == [("old@example.com",)]

@@ -43,10 +43,21 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, dkim, embed, preview, sending, server, stories, subscribers, timetable
+    from . import (
+        admin,
+        bounces,
+        dkim,
+        embed,
+        preview,
+        sending,
+        server,
+        stories,
+        subscribers,
+        timetable,
+    )
 
-    modules = (stories, subscribers, preview, sending, server, timetable, admin, dkim, embed)
-    for module in modules:
+    modules = (stories, subscribers, preview, sending, server, timetable, admin, dkim, bounces)
+    for module in (*modules, embed):
         for command in module.COMMANDS:
             main.add_command(command)
 

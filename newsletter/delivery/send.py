@@ -121,7 +121,7 @@ def _default_build(ctx: Context, issue: Issue) -> BuildFn:
     with ctx.db.read() as session:  # readers' section renderings (usually none)
         variants, assignment = load_variants(session, issue.id)
     whole = (issue.subject, issue.html, issue.text)
-    return issue_builder(ctx, issue.id, whole, variants, assignment)
+    return issue_builder(ctx, issue.id, whole, variants, assignment, kind=issue.kind.value)
 
 
 def _take_lease(ctx: Context, issue_id: int, holder: Holder, ttl: timedelta) -> None:

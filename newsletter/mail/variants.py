@@ -70,6 +70,7 @@ def issue_builder(
     whole: tuple[str, str, str],
     variants: Mapping[int, tuple[str, str, str]],
     assignment: Mapping[int, int],
+    kind: str = "digest",
 ) -> BuildFn:
     """The per-reader build function: ``assignment`` maps subscriber id -> variant number.
 
@@ -77,10 +78,12 @@ def issue_builder(
     ``assignment`` (no section choice, or one the whole issue satisfies) get the
     whole issue.
     """
-    factory = MessageFactory(ctx, issue_id, *whole)
+    factory = MessageFactory(ctx, issue_id, *whole, kind=kind)
     if not assignment:
         return factory.build
-    factories = {n: MessageFactory(ctx, issue_id, *parts) for n, parts in variants.items()}
+    factories = {
+        n: MessageFactory(ctx, issue_id, *parts, kind=kind) for n, parts in variants.items()
+    }
 
     def build(subscriber_id: int, email: str, name: str) -> BuiltMessage:
         number = assignment.get(subscriber_id)

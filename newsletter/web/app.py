@@ -35,7 +35,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from ..context import Context
-from . import guard, origins, preferences, public
+from . import guard, origins, preferences, public, webhooks
 from .confirmations import ConfirmationMailer
 from .guard import Limits
 from .public import HONEYPOT_FIELD
@@ -97,6 +97,7 @@ def create_app(ctx: Context | None = None) -> Flask:
     )
     app.register_blueprint(public.blueprint)
     app.register_blueprint(preferences.blueprint)
+    app.register_blueprint(webhooks.blueprint)
     return app
 
 
