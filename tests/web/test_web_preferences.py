@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
 from _digest_support import add_story
 from _web_support import (
     Web,
@@ -22,7 +23,6 @@ from _web_support import (
 )
 
 from newsletter import delivery, mail
-from newsletter import subscribers as subs
 from newsletter.models import Frequency, Subscriber, SubscriberStatus, utcnow
 
 __all__ = ["make_web", "web"]  # fixtures
@@ -242,10 +242,16 @@ def test_unsubscribed_reader_signs_up_again_through_double_opt_in(web: Web) -> N
     ]
 
 
-def test_bounced_address_is_not_reactivated_and_the_answer_is_the_same(web: Web) -> None:
+@pytest.mark.parametrize("status", [SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED])
+def test_bounced_or_complained_address_is_not_reactivated_and_the_answer_is_the_same(
+    web: Web, status: SubscriberStatus
+) -> None:
     sid, _ = _active(web, "gone@example.com")
     with web.ctx.db.write() as session:
-        subs.mark_bounced(session, sid)
+        row = session.get(Subscriber, sid)
+        assert row is not None
+        row.status = status  # what a hard bounce or a spam complaint leaves
+        row.confirm_sent_at = None
     before = len(web.mails_to("gone@example.com"))
     bounced = subscribe(web.client(), "gone@example.com", ip="203.0.113.50")
     unknown = subscribe(web.client(), "new-one@example.com", ip="203.0.113.51")
@@ -256,5 +262,5 @@ def test_bounced_address_is_not_reactivated_and_the_answer_is_the_same(web: Web)
     assert len(web.mails_to("gone@example.com")) == before  # nothing sent
     with web.ctx.db.read() as session:
         row = session.get(Subscriber, sid)
-        assert row is not None and row.status == SubscriberStatus.BOUNCED
+        assert row is not None and row.status == status
         assert row.confirm_sent_at is None
