@@ -75,3 +75,27 @@ def load_variants(
         )
     }
     return variants, assignment
+
+
+def describe_variants(session: Session, issue_id: int) -> list[str]:
+    """One line per recorded rendering (``issues show``): its sections, stories, readers."""
+    from sqlalchemy import func
+
+    readers: dict[int, int] = {
+        int(number): int(count)
+        for number, count in session.execute(
+            select(D.c.variant, func.count())
+            .where(D.c.issue_id == issue_id, D.c.variant.is_not(None))
+            .group_by(D.c.variant)
+        )
+    }
+    lines = []
+    for number, sections, story_count in session.execute(
+        select(V.c.number, V.c.sections, V.c.story_count)
+        .where(V.c.issue_id == issue_id)
+        .order_by(V.c.number)
+    ):
+        names = ", ".join(sorted(decode_sections(sections) or ()))
+        what = f"{story_count} stories" if story_count else "nothing: skipped"
+        lines.append(f"{names}: {what}, {readers.get(number, 0):,} readers")
+    return lines

@@ -210,6 +210,11 @@ def test_sections_render_once_per_section_set_and_empty_sets_are_skipped(
     assert stories_in("tech") == {"Tech one"}
     assert stories_in("both") == stories_in("all") == {"Sport one", "Sport two", "Tech one"}
     assert _to(smtp, "culture") == []
+    shown = cli("issues", "show", str(digest.id)).output
+    assert "Section renderings (3):" in shown
+    assert (
+        "Sport: 2 stories, 2 readers" in shown and "Culture: nothing: skipped, 1 readers" in shown
+    )
 
 
 def test_record_variants_renders_once_per_distinct_story_set(cli_ctx: Context) -> None:
