@@ -170,8 +170,12 @@ def build_scheduler(
         next_run_time=now,  # "resume unfinished issues at start"
         replace_existing=True,
     )
-    from .weekly import WEEKLY_JOB, weekly_trigger
+    from .weekly import WEEKLY_JOB, missed_weekly, weekly_trigger
 
+    weekly_extra: dict[str, Any] = {}
+    if catch_up and missed_weekly(ctx, now) is not None:
+        log.warning("weekly: the run was missed while the timetable was down; running it now")
+        weekly_extra["next_run_time"] = now
     scheduler.add_job(
         _weekly_job,
         weekly_trigger(settings),
@@ -179,6 +183,7 @@ def build_scheduler(
         id=WEEKLY_JOB,
         name=f"weekly edition for weekly readers ({settings.weekly_cron}, {settings.timezone})",
         replace_existing=True,
+        **weekly_extra,
     )
     return scheduler
 

@@ -39,6 +39,25 @@ def weekly_trigger(settings: Settings) -> DigestTrigger:
         raise ConfigError(f"{PREFIX}WEEKLY_CRON: {exc}") from None
 
 
+def missed_weekly(ctx: Context, now: datetime) -> datetime | None:
+    """The weekly fire time missed while the timetable was down, if it should run now.
+
+    The most recent fire time within the misfire grace time whose ISO week has no
+    edition yet (the edition itself is the record that the run was handled).
+    """
+    from datetime import timedelta
+
+    from ..mail.weekly import edition_for, iso_week
+
+    grace = timedelta(seconds=ctx.settings.misfire_grace_seconds)
+    fire = most_recent_fire(weekly_trigger(ctx.settings), now, grace)
+    if fire is None:
+        return None
+    with ctx.db.read() as session:
+        existing = edition_for(session, iso_week(fire.astimezone(ctx.settings.tz).date()))
+    return None if existing is not None else fire
+
+
 @dataclass
 class WeeklyRun(Outcome):
     week: str

@@ -61,3 +61,39 @@ def test_run_weekly_once_per_iso_week_to_weekly_readers(
         assert nothing.outcome == "nothing this week"
     finally:
         ctx.close()
+
+
+def test_a_weekly_run_missed_while_down_runs_at_start_once(
+    make_settings: Callable[..., Settings], smtp: SMTPServer
+) -> None:
+    from newsletter.timetable.scheduler import build_scheduler
+    from newsletter.timetable.weekly import WEEKLY_JOB
+
+    settings = make_settings(NEWSLETTER_TIMEZONE="Europe/London", NEWSLETTER_SMTP_URL=smtp.url)
+    ctx = Context.open(settings)
+    late = SUNDAY_8 + timedelta(minutes=20)  # back within the grace time (an hour)
+
+    def next_weekly(now: datetime) -> datetime:
+        scheduler = build_scheduler(ctx, blocking=False, now=now)
+        scheduler.start(paused=True)
+        try:
+            when: datetime = scheduler.get_job(WEEKLY_JOB).next_run_time
+        finally:
+            scheduler.shutdown(wait=False)
+        return when
+
+    try:
+        assert next_weekly(late) == late
+        with ctx.db.write() as session:
+            sid = add_subscriber(session, "w@example.com", confirmed=True).id
+            apply_choice(session, sid, Choice(Frequency.WEEKLY, None), [])
+            add_story(session, title="Of the week", published_at=SUNDAY_8 - timedelta(days=1))
+        assert run_weekly(ctx, now=late).outcome == "sent"
+        # Handled: the next run is a regular Sunday 08:00 (from the real clock), not now.
+        handled = late + timedelta(minutes=1)
+        regular = next_weekly(handled)
+        assert regular != handled and (regular.weekday(), regular.hour) == (6, 8)
+        too_late = SUNDAY_8 + timedelta(days=7, hours=2)  # the next week, past the grace time
+        assert next_weekly(too_late) != too_late
+    finally:
+        ctx.close()
