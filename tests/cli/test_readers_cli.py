@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import time_machine
@@ -257,3 +258,16 @@ def test_record_variants_renders_once_per_distinct_story_set(cli_ctx: Context) -
     assert numbers["a@example.com"] == numbers["b@example.com"] is not None
     assert numbers["d@example.com"] == numbers["e@example.com"] is not None
     assert len(set(numbers.values())) == 3
+
+
+def test_preview_weekly_shows_the_edition_and_records_nothing(
+    cli: Callable[..., Result], cli_ctx: Context, tmp_path: Path
+) -> None:
+    with cli_ctx.db.write() as session:
+        add_story(session, title="Of this week")
+    out = tmp_path / "weekly.html"
+    result = cli("preview", "--weekly", "-o", str(out))
+    assert "1 stories" in result.output and "the week in 1 story" in result.output
+    assert "The week in 1 story" in out.read_text(encoding="utf-8")
+    with cli_ctx.db.read() as session:
+        assert session.scalars(select(Issue)).all() == []
