@@ -120,6 +120,9 @@ _SENDER_LINE = re.compile(
     r"message-id|x-postfix-sender)\b\s*[:=]?",
     re.IGNORECASE,
 )
+_NOT_A_READER = re.compile(
+    r"(postmaster|mailer-?daemon|hostmaster|abuse|no-?reply|noreply)@|[0-9a-f.$-]{20,}@", re.I
+)
 _RCPT_TO = re.compile(r"RCPT TO:\s*<?([^\s>]+@[^\s>]+)>?", re.IGNORECASE)
 _SMTP_REPLY = re.compile(
     r"(?<![\w.])(?:[245]\d\d[ -]|[245]\.\d{1,3}\.\d{1,3}(?![\d.])|#[245]\.\d).*"
@@ -491,7 +494,11 @@ def _text_recipients(msg: Message, notice: str) -> list[str]:
     for address in found:
         if address not in own and not _VERP.search(address):
             seen.setdefault(address, None)
-    return list(seen)
+    candidates = list(seen)
+    if len(candidates) > 1:  # drop role addresses from boilerplate and id-like strings
+        people = [a for a in candidates if not _NOT_A_READER.match(a)]
+        candidates = people or candidates
+    return candidates
 
 
 def _header(msg: Message, name: str) -> str:
