@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+from _databases import folder_database_url
 from conftest import FEEDS as FEEDS_DIR
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -34,7 +35,7 @@ GOOD_FEEDS = ("bbc.xml", "theguardian.xml", "nytimes.xml", "elmundo.xml", "cnn.x
 def base_env(folder: Path) -> dict[str, str]:
     """The same settings as conftest's ``env`` fixture, for module-scoped contexts."""
     return {
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{folder / 'subscribers.db'}",
+        "NEWSLETTER_DATABASE_URL": folder_database_url(folder),
         "NEWSLETTER_OUTBOX": str(folder / "outbox"),
         "NEWSLETTER_FROM": "The Daily Digest <news@example.com>",
         "NEWSLETTER_BASE_URL": "https://news.example.com",

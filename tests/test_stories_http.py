@@ -116,6 +116,7 @@ def test_import_feed_urls_with_a_failing_and_a_slow_one(ctx: Context, server: Fe
     assert sources_stored == {server.url("/guardian")}
 
 
+@pytest.mark.sqlite_only
 def test_fetching_does_not_hold_the_sqlite_write_lock(ctx: Context, server: FeedServer) -> None:
     """A slow feed must not stall a send: the write lock is free while we download."""
     db_file = Path(ctx.settings.database_url.removeprefix("sqlite:///"))

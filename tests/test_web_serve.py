@@ -6,11 +6,11 @@ No browser here: plain HTTP with a cookie jar, so these run wherever Python does
 from __future__ import annotations
 
 import http.cookiejar
-import sqlite3
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from _databases import folder_database_url, query
 from _web_support import csrf_from, link, start_serve, wait_for
 from conftest import SMTPServer
 
@@ -40,11 +40,12 @@ def _confirm(base: str, url: str, headers: dict[str, str] | None = None) -> None
 
 
 def _ip(tmp_path: Path, email: str) -> str | None:
-    with sqlite3.connect(tmp_path / "served.db") as conn:
-        row = conn.execute(
-            "SELECT consent_ip FROM subscribers WHERE email = ?", (email,)
-        ).fetchone()
-    return None if row is None else row[0]
+    rows = query(
+        folder_database_url(tmp_path, "served.db"),
+        "SELECT consent_ip FROM subscribers WHERE email = :email",
+        email=email,
+    )
+    return None if not rows else str(rows[0][0]) if rows[0][0] is not None else None
 
 
 def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(
