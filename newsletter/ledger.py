@@ -78,10 +78,13 @@ def enqueue(session: Session, issue_id: int) -> int:
         literal(DeliveryStatus.QUEUED.value),
         literal(0),
     ).where(S.c.status == SubscriberStatus.ACTIVE.value)
-    result = session.execute(
+    session.execute(
         insert(D).from_select(["issue_id", "subscriber_id", "status", "attempts"], source)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    # Counted, not ``rowcount``: after INSERT … SELECT psycopg reports -1 on PostgreSQL.
+    return int(
+        session.scalar(select(func.count()).select_from(D).where(D.c.issue_id == issue_id)) or 0
+    )
 
 
 def reset_in_flight(session: Session, issue_id: int) -> int:

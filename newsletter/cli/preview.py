@@ -22,7 +22,7 @@ import click
 from jinja2 import TemplateError
 
 from ..context import Context
-from ..digest import AlreadySentToday, build_issue, local_today
+from ..digest import AlreadySentToday, build_issue, local_today, next_issue_number
 from ..dkimsign import DkimKeyError
 from ..message import BuiltMessage, MessageFactory
 from ..render import GMAIL_CLIP_BYTES, TemplateProblem
@@ -69,13 +69,14 @@ def build_preview(
         day = today or local_today(ctx.settings)
         note = None
         try:
-            issue = build_issue(session, ctx, today=day)
+            issue = build_issue(session, ctx, today=day, record=False)
         except AlreadySentToday as exc:
             note = f"{exc}; previewing the next digest instead"
-            issue = build_issue(session, ctx, today=day + timedelta(days=1))
+            issue = build_issue(session, ctx, today=day + timedelta(days=1), record=False)
         if issue is None:
             return None
-        factory = MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text)
+        number = next_issue_number(session)
+        factory = MessageFactory(ctx, number, issue.subject, issue.html, issue.text)
         recipient = to or f"preview@{factory_domain(ctx)}"
         built = factory.build(PREVIEW_SUBSCRIBER_ID, recipient, name)
         return Preview(issue.subject, len(issue.stories), built, note)

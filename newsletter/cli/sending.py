@@ -3,14 +3,12 @@
 ``send`` never starts a second issue while one is unfinished: it resumes that one,
 so an interrupted send is finished by simply running the same command again.
 The issue is frozen and enqueued in one write transaction; the rendering shown
-for confirmation comes from a rolled-back build, so nothing is recorded until the
-operator says yes.
+for confirmation is built but never inserted, so nothing is recorded (and no issue
+number is used up) until the operator says yes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import click
@@ -52,28 +50,11 @@ def _parse_ids(values: tuple[str, ...]) -> list[int] | None:
     return ids
 
 
-@contextmanager
-def _rolled_back(ctx: Context) -> Iterator[Session]:
-    """A write transaction that is always rolled back.
-
-    A write (BEGIN IMMEDIATE) rather than a read: building an issue inserts rows,
-    and on SQLite upgrading a read transaction to a write fails at once with
-    "database is locked" when another process wrote in between.
-    """
-    session = ctx.db.session()
-    try:
-        session.begin()
-        yield session
-    finally:
-        session.rollback()
-        session.close()
-
-
 def _draft(ctx: Context, story_ids: list[int] | None, subject: str | None) -> Draft | None:
-    """Render what would go out, then roll back: nothing is recorded."""
-    with _rolled_back(ctx) as session:
+    """Render what would go out; nothing is recorded (the issue is never inserted)."""
+    with ctx.db.read() as session:
         try:
-            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
+            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject, record=False)
         except UnknownStories as exc:
             raise click.ClickException(str(exc)) from None
         except ValueError as exc:
