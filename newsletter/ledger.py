@@ -8,8 +8,11 @@ whatever the size of the list and 100,000 rows enqueue in one statement.
 The invariants the delivery semantics rest on live here:
 
 * a row becomes ``sending`` in the same transaction that checks the subscriber is
-  still active, before its bytes leave the process (a crash leaves it ``sending``:
-  retried on resume, the only rows that can ever be duplicated);
+  still active, before its bytes leave the process, with the claiming sender's id
+  and a claim expiry (a crash leaves it ``sending``: taken back once the claim has
+  expired, the only rows that can ever be duplicated);
+* a row claimed by a live sender (its claim renewed in time) is never touched by
+  another: only expired claims are taken back (DESIGN "Delivery semantics" 7);
 * a row becomes ``sent`` only when the server answered 2xx to the end of DATA;
 * nothing else ever moves a row out of ``queued``, so nothing is skipped.
 """
@@ -21,7 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -87,14 +102,63 @@ def enqueue(session: Session, issue_id: int) -> int:
     )
 
 
-def reset_in_flight(session: Session, issue_id: int) -> int:
-    """Rows a dead sender left ``sending`` go back to the queue (at-least-once)."""
+@dataclass(frozen=True, slots=True)
+class Claimant:
+    """Who claims rows (``host:pid:token``) and until when the claim holds."""
+
+    sender: str
+    expires_at: datetime
+
+
+def take_back_expired(
+    session: Session, issue_id: int, now: datetime, dead: Sequence[str] = ()
+) -> int:
+    """Rows whose claim expired (or whose sender is known dead) go back to the queue.
+
+    At-least-once: such a row may have been delivered just before its sender died.
+    A row ``sending`` with no claim at all was left by a version before claims.
+    """
+    expired = or_(D.c.claim_expires_at.is_(None), D.c.claim_expires_at < now)
+    if dead:
+        expired = or_(expired, D.c.claimed_by.in_(list(dead)))
     result = session.execute(
         update(D)
-        .where(D.c.issue_id == issue_id, D.c.status == DeliveryStatus.SENDING.value)
-        .values(status=DeliveryStatus.QUEUED.value)
+        .where(D.c.issue_id == issue_id, D.c.status == DeliveryStatus.SENDING.value, expired)
+        .values(status=DeliveryStatus.QUEUED.value, claimed_by=None, claim_expires_at=None)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def renew_claims(session: Session, issue_id: int, claimant: Claimant) -> int:
+    """Push this sender's claims forward (it is alive and still working on them)."""
+    result = session.execute(
+        update(D)
+        .where(
+            D.c.issue_id == issue_id,
+            D.c.status == DeliveryStatus.SENDING.value,
+            D.c.claimed_by == claimant.sender,
+        )
+        .values(claim_expires_at=claimant.expires_at)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def claim_holders(
+    session: Session, issue_id: int, now: datetime, *, besides: str | None = None
+) -> dict[str, int]:
+    """Senders holding live claims on the issue, with how many rows each."""
+    query = (
+        select(D.c.claimed_by, func.count())
+        .where(
+            D.c.issue_id == issue_id,
+            D.c.status == DeliveryStatus.SENDING.value,
+            D.c.claim_expires_at >= now,
+        )
+        .group_by(D.c.claimed_by)
+    )
+    if besides is not None:
+        query = query.where(D.c.claimed_by != besides)
+    return {str(sender): int(n) for sender, n in session.execute(query)}
 
 
 def _candidates(issue_id: int) -> Select[Any]:
@@ -113,26 +177,41 @@ def _candidates(issue_id: int) -> Select[Any]:
     )
 
 
-def claim_next(session: Session, issue_id: int, after_id: int, limit: int) -> Claim:
-    """Claim the next keyset batch of queued rows after ``after_id`` (ascending ids)."""
+def claim_next(
+    session: Session, issue_id: int, after_id: int, limit: int, claimant: Claimant
+) -> Claim:
+    """Claim the next keyset batch of queued rows after ``after_id`` (ascending ids).
+
+    This sender's own deferred rows wait for their retry time (it claims them again
+    by id when due); anyone else's are fair game (a resume retries at once).
+    """
+    now = utcnow()
     rows = session.execute(
         _candidates(issue_id)
-        .where(D.c.subscriber_id > after_id)
+        .where(
+            D.c.subscriber_id > after_id,
+            or_(
+                D.c.next_attempt_at.is_(None),
+                D.c.next_attempt_at <= now,
+                D.c.claimed_by.is_(None),
+                D.c.claimed_by != claimant.sender,
+            ),
+        )
         .order_by(D.c.subscriber_id)
         .limit(limit)
     ).all()
-    return _claim(session, issue_id, rows)
+    return _claim(session, issue_id, rows, claimant)
 
 
-def claim_ids(session: Session, issue_id: int, ids: Sequence[int]) -> Claim:
-    """Claim specific rows (due retries), if they are still queued."""
+def claim_ids(session: Session, issue_id: int, ids: Sequence[int], claimant: Claimant) -> Claim:
+    """Claim specific rows (this sender's due retries), if they are still queued."""
     rows = session.execute(
         _candidates(issue_id).where(D.c.subscriber_id.in_(list(ids))).order_by(D.c.subscriber_id)
     ).all()
-    return _claim(session, issue_id, rows)
+    return _claim(session, issue_id, rows, claimant)
 
 
-def _claim(session: Session, issue_id: int, rows: Sequence[Any]) -> Claim:
+def _claim(session: Session, issue_id: int, rows: Sequence[Any], claimant: Claimant) -> Claim:
     status = issue_status(session, issue_id)
     if status is not IssueStatus.SENDING:
         return Claim([], 0, status, None)
@@ -157,7 +236,11 @@ def _claim(session: Session, issue_id: int, rows: Sequence[Any]) -> Claim:
                 D.c.status == DeliveryStatus.QUEUED.value,
                 D.c.subscriber_id.in_([j.subscriber_id for j in jobs]),
             )
-            .values(status=DeliveryStatus.SENDING.value)
+            .values(
+                status=DeliveryStatus.SENDING.value,
+                claimed_by=claimant.sender,
+                claim_expires_at=claimant.expires_at,
+            )
         )
     return Claim(jobs, len(gone), status, rows[-1][0] if rows else None)
 
@@ -167,10 +250,20 @@ def issue_status(session: Session, issue_id: int) -> IssueStatus | None:
     return IssueStatus(value) if value is not None else None
 
 
+# An outcome is written only while the row is still this sender's claim, except a
+# delivery (250 to DATA), which is recorded whoever holds the row now: it happened.
 _UPDATE = (
     update(D)
-    .where(D.c.issue_id == bindparam("b_issue"), D.c.subscriber_id == bindparam("b_sid"))
+    .where(
+        D.c.issue_id == bindparam("b_issue"),
+        D.c.subscriber_id == bindparam("b_sid"),
+        or_(
+            D.c.claimed_by == bindparam("b_me"),
+            bindparam("b_status", type_=String()) == DeliveryStatus.SENT.value,
+        ),
+    )
     .values(
+        claim_expires_at=None,
         status=bindparam("b_status"),
         attempts=D.c.attempts + bindparam("b_inc"),
         next_attempt_at=bindparam("b_next"),
@@ -186,8 +279,9 @@ _RELEASE = (
         D.c.issue_id == bindparam("b_issue"),
         D.c.subscriber_id == bindparam("b_sid"),
         D.c.status == DeliveryStatus.SENDING.value,
+        D.c.claimed_by == bindparam("b_me"),
     )
-    .values(status=DeliveryStatus.QUEUED.value)
+    .values(status=DeliveryStatus.QUEUED.value, claimed_by=None, claim_expires_at=None)
 )
 
 _STATUS_FOR = {
@@ -200,7 +294,12 @@ _STATUS_FOR = {
 
 
 def record(
-    session: Session, issue_id: int, results: Iterable[Result], give_up_after: int | None = None
+    session: Session,
+    issue_id: int,
+    results: Iterable[Result],
+    give_up_after: int | None = None,
+    *,
+    sender: str | None = None,
 ) -> list[int]:
     """Write a batch of outcomes with two ``executemany`` statements.
 
@@ -217,7 +316,7 @@ def record(
     deferred: list[int] = []
     for r in results:
         if r.outcome is None:
-            releases.append({"b_issue": issue_id, "b_sid": r.subscriber_id})
+            releases.append({"b_issue": issue_id, "b_sid": r.subscriber_id, "b_me": sender})
             continue
         o = r.outcome
         sent = o.outcome is Outcome.SENT
@@ -225,6 +324,7 @@ def record(
             {
                 "b_issue": issue_id,
                 "b_sid": r.subscriber_id,
+                "b_me": sender,
                 "b_status": _STATUS_FOR[o.outcome].value,
                 "b_inc": 0 if o.outcome is Outcome.POLICY else 1,
                 "b_next": r.retry_at if o.outcome is Outcome.RETRY else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from newsletter.cli import main
 from newsletter.cli.sendview import Unfinished, show_summary
 from newsletter.config import Settings
 from newsletter.context import Context
-from newsletter.models import DeliveryStatus, IssueStatus
+from newsletter.models import DeliveryStatus, IssueStatus, utcnow
 from newsletter.transport import Outcome, SMTPPool
 
 # -- an unexpected positive reply to RCPT must not count as delivered --------------------
@@ -148,10 +149,11 @@ def test_claim_selects_rows_for_update_skip_locked(ctx: Context) -> None:
 
     event.listen(ctx.db.engine, "before_execute", capture)
     try:
+        me = ledger.Claimant("here:1:abc", utcnow() + timedelta(minutes=1))
         with ctx.db.write() as session:
-            claim = ledger.claim_next(session, issue_id, 0, 3)
+            claim = ledger.claim_next(session, issue_id, 0, 3, me)
         with ctx.db.write() as session:
-            retry = ledger.claim_ids(session, issue_id, [claim.jobs[0].subscriber_id + 3])
+            retry = ledger.claim_ids(session, issue_id, [claim.jobs[0].subscriber_id + 3], me)
     finally:
         event.remove(ctx.db.engine, "before_execute", capture)
     assert len(claim.jobs) == 3 and len(retry.jobs) == 1  # SQLite: the same rows as before

@@ -71,9 +71,9 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, preview, sending, server, stories, subscribers, timetable
+    from . import admin, preview, sending, server, stories, subscribers, timetable, worker
 
-    for module in (stories, subscribers, preview, sending, server, timetable, admin):
+    for module in (stories, subscribers, preview, sending, worker, server, timetable, admin):
         for command in module.COMMANDS:
             main.add_command(command)
 

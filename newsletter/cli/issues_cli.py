@@ -7,8 +7,6 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from .. import delivery, ledger
-from ..engine import lease_name
-from ..lease import current
 from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
 from . import AppState, pass_state
 from .sendview import console, run_issue
@@ -70,7 +68,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
             raise click.ClickException(f"there is no issue {issue_id}")
         counts = ledger.counts(session, issue_id)
         next_retry = ledger.next_retry(session, issue_id)
-        holder = current(session, lease_name(issue_id))
+        senders = delivery.other_senders(session, issue_id)
         stories = [(link.story.id, link.story.title) for link in issue.stories]
         errors = session.execute(
             select(Delivery.status, Delivery.last_code, Delivery.last_response, func.count())
@@ -98,11 +96,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
         ):
             if when is not None:
                 console.print(f"{label}: {when:%Y-%m-%d %H:%M:%S} UTC")
-        if holder is not None:
-            console.print(
-                f"Being sent by pid {holder.pid} on {holder.host} "
-                f"(lease until {holder.expires_at:%H:%M:%S} UTC)"
-            )
+        for host, pid, rows in senders:
+            console.print(f"Being sent by pid {pid} on {host} ({rows:,} rows in flight)")
     console.print(f"Stories ({len(stories)}):")
     for position, (story_id, title) in enumerate(stories, 1):
         console.print(f"  {position}. {title}  [dim](#{story_id})[/dim]")
@@ -152,12 +147,10 @@ def cancel_issue(state: AppState, issue_id: int, yes: bool) -> None:
             delivery.cancel(session, issue_id)
         except delivery.IssueStateError as exc:
             raise click.ClickException(str(exc)) from None
-        holder = current(session, lease_name(issue_id))
+        senders = delivery.other_senders(session, issue_id)
         counts = ledger.counts(session, issue_id)
     console.print(
         f"Issue #{issue_id} cancelled ({counts[DeliveryStatus.SENT]:,} had already received it)."
     )
-    if holder is not None:
-        console.print(
-            f"The sender (pid {holder.pid} on {holder.host}) stops after the messages in flight."
-        )
+    for host, pid, _rows in senders:
+        console.print(f"The sender pid {pid} on {host} stops after the messages in flight.")

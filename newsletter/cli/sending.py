@@ -175,6 +175,9 @@ def send_command(
     try:
         draft = _draft(ctx, story_ids, subject)
     except AlreadySentToday as exc:
+        if exc.issue_id is not None and exc.status == IssueStatus.SENDING.value:
+            _resume_instead(ctx, exc.issue_id, yes=yes, dry_run=dry_run, new=False)
+            return  # another `send` started it since we looked: join it
         console.print(f"Today's digest was already sent: {exc}. Nothing to do.")
         return
     if draft is None:
@@ -215,6 +218,11 @@ def _create(ctx: Context, story_ids: list[int] | None, subject: str | None) -> i
         try:
             issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
         except AlreadySentToday as exc:
+            if exc.issue_id is not None and exc.status == IssueStatus.SENDING.value:
+                # Another `send` created it a moment ago (PostgreSQL: its insert won
+                # the race): help send it rather than claim there is nothing to do.
+                console.print(f"Issue #{exc.issue_id} was started meanwhile: joining it.")
+                return exc.issue_id
             console.print(f"Today's digest was already sent: {exc}.")
             return None
         if issue is None:
@@ -230,11 +238,19 @@ def _resume_instead(ctx: Context, issue_id: int, *, yes: bool, dry_run: bool, ne
         assert issue is not None
         queued = _count(session, issue_id, DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
         label, status, reason = issue.subject, issue.status, issue.status_reason
+        senders = delivery.other_senders(session, issue_id)
     what = "a manual issue is not started" if new else "no new issue is started"
-    console.print(
-        f"Issue #{issue_id} “{label}” is unfinished ({status.value}, {queued:,} still queued): "
-        f"resuming it; {what}."
-    )
+    if senders and status is IssueStatus.SENDING:
+        names = ", ".join(f"pid {pid} on {host}" for host, pid, _rows in senders)
+        console.print(
+            f"Issue #{issue_id} “{label}” is being sent ({queued:,} still queued): joining it "
+            f"as one more sender ({names}); {what}."
+        )
+    else:
+        console.print(
+            f"Issue #{issue_id} “{label}” is unfinished ({status.value}, {queued:,} still "
+            f"queued): resuming it; {what}."
+        )
     if status is IssueStatus.PAUSED:
         console.print(f"[yellow]It was paused because the server said:[/yellow] {reason}")
     if dry_run:
