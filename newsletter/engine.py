@@ -40,7 +40,7 @@ from .context import Context
 from .lease import Holder
 from .ledger import Claimant, Job, Result
 from .models import DeliveryStatus, IssueStatus, utcnow
-from .ratelimit import bucket_for
+from .ratelimit import limiter_for
 from .transport import Outcome, SendOutcome, Transport
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class Pusher:
         self.sender = ctx.settings.from_email
         self.cancel = halts.cancel
         self.window = max(16, 8 * transport.concurrency)
-        self.bucket = bucket_for(ctx.settings.send_rate)
+        self.bucket = limiter_for(ctx.db, ctx.settings.send_rate)
         self.jobs: queue.SimpleQueue[tuple[Job, Built] | None] = queue.SimpleQueue()
         self.results: queue.SimpleQueue[Taken] = queue.SimpleQueue()
         self.outstanding = 0

@@ -147,3 +147,23 @@ def test_a_policy_refusal_pauses_every_sender(
     assert len(fleet.server.messages) - before <= 3 * WINDOW
     assert issue_status(fleet_ctx) is IssueStatus.PAUSED
     assert len(fleet.server.messages) < n
+
+
+def test_the_send_rate_holds_for_the_deployment_with_three_senders(
+    fleet_ctx: Context, env: dict[str, str], tmp_path: Path, fleets: list[Fleet]
+) -> None:
+    """NEWSLETTER_SEND_RATE=80 with three senders: 80/s in all, not 80/s each."""
+    rate, n, window = 80, 1000, 6.0
+    relay = SlowRelay(delay=0.005)
+    fleet = make_fleet(fleet_ctx, env, tmp_path, n, relay, NEWSLETTER_SEND_RATE=str(rate))
+    fleets.append(fleet)
+    procs = three_senders(fleet)
+    fleet.wait_for(lambda: len(fleet.senders_of_sent_rows()) == 3)  # all three are sending
+    start = time.monotonic()
+    fleet.wait_for(lambda: time.monotonic() > start + window)
+    results = [finish(p) for p in procs]
+    assert [code for code, _ in results] == [0, 0, 0], "\n".join(o for _, o in results)
+    assert counts(fleet.server.messages) == {email_for(i): 1 for i in range(n)}
+    in_window = sum(1 for t in relay.arrivals if start <= t < start + window)
+    print(f"\n{in_window} messages in {window:.0f} s with three senders (limit {rate}/s)")
+    assert abs(in_window - rate * window) <= 0.05 * rate * window, in_window
