@@ -246,7 +246,7 @@ class Lease(Base):
 
 
 class RateWindow(Base):
-    """A deployment-wide send rate: the tokens granted so far in the current time slot.
+    """A deployment-wide send rate (GCRA): when the next message is theoretically due.
 
     Every sender process asks this row for its share (one ``UPDATE … RETURNING``), so
     NEWSLETTER_SEND_RATE holds for the deployment, not per process.
@@ -255,8 +255,7 @@ class RateWindow(Base):
     __tablename__ = "rate_windows"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    slot: Mapped[int] = mapped_column(BigInteger, default=0)
-    used: Mapped[int] = mapped_column(Integer, default=0)
+    tat_us: Mapped[int] = mapped_column(BigInteger, default=0)  # µs since the epoch
     granted: Mapped[int] = mapped_column(Integer, default=0)  # the last request's share
 
 

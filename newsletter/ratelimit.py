@@ -71,28 +71,16 @@ def bucket_for(rate: float) -> TokenBucket | None:
     return TokenBucket(rate) if rate > 0 else None
 
 
-SLOT_SECONDS = 0.1  # the shared rate is granted per tenth of a second
-
-
-def slot_capacity(rate: float, slot: int) -> int:
-    """Messages allowed in time slot ``slot``: exactly ``rate`` per second in the long run.
-
-    Slots get ``floor(rate·t)`` at their end minus at their start, so a fractional
-    rate (2.5/s: 0, 1, 0, 0, 1, … per tenth) never rounds up.
-    """
-    per_slot = rate * SLOT_SECONDS
-    return int((slot + 1) * per_slot + 1e-9) - int(slot * per_slot + 1e-9)
-
-
 class SharedRate:
     """``NEWSLETTER_SEND_RATE`` for the whole deployment, however many senders run.
 
-    One row (``rate_windows``) counts the messages granted in the current tenth of a
-    second; each sender asks it for a share with one ``UPDATE … RETURNING`` and
-    spends that share before the slot ends (unused tokens die with their slot, so
-    the sum over all senders never exceeds the slot's capacity).  Slots come from the
-    wall clock, which machines keep in step with NTP; a machine whose clock lags
-    gets nothing until its slot is the newest (it can starve, never over-send).
+    A generic cell rate algorithm (GCRA) in one row (``rate_windows``): it keeps the
+    theoretical arrival time of the next message, and a sender asks for a share
+    with one ``UPDATE … RETURNING`` that grants what fits before ``now + burst``
+    and moves that time on by ``1/rate`` per message granted.  Over any window the
+    deployment sends at most ``rate × window + burst`` messages, whatever the number
+    of senders; a share not spent within the burst time is dropped, not banked.
+    Times come from the wall clock, which machines keep in step with NTP.
     """
 
     def __init__(
@@ -107,10 +95,12 @@ class SharedRate:
         self.db = db
         self.rate = rate
         self.name = name
-        self.chunk = max(1, math.ceil(rate * SLOT_SECONDS / 4))  # a quarter slot per ask
+        self.interval_us = max(1, round(1_000_000 / rate))
+        self.burst = max(2, math.ceil(rate * 0.05))  # tokens: a twentieth of a second
+        self.chunk = max(1, self.burst // 2)
         self._clock = clock
-        self._slot = -1
         self._tokens = 0
+        self._valid_until = 0.0
         self._lock = threading.Lock()
 
     def acquire(self, cancelled: threading.Event | None = None) -> bool:
@@ -118,54 +108,47 @@ class SharedRate:
         with self._lock:  # one thread asks the database; the others wait their turn
             while True:
                 now = self._clock()
-                slot = int(now / SLOT_SECONDS)
-                if self._slot == slot and self._tokens > 0:
+                if self._tokens > 0 and now < self._valid_until:
                     self._tokens -= 1
                     return True
-                got = self._grant(slot)
+                got, tat_us = self._grant(now)
                 if got > 0:
-                    self._slot, self._tokens = slot, got - 1
+                    self._tokens = got - 1
+                    self._valid_until = now + self.burst / self.rate
                     return True
-                wait = (slot + 1) * SLOT_SECONDS - self._clock() + 0.0005
+                # The next share fits once the clock reaches tat - burst.
+                due = (tat_us - (self.burst - 1) * self.interval_us) / 1_000_000
+                wait = min(max(due - self._clock(), 0.0005), 1.0)
                 if cancelled is not None:
-                    if cancelled.wait(max(wait, 0.0)):
+                    if cancelled.wait(wait):
                         return False
-                elif wait > 0:
+                else:
                     time.sleep(wait)
 
-    def _grant(self, slot: int) -> int:
-        """Ask the row for ``chunk`` tokens of ``slot``; how many we got (maybe 0)."""
-        cap = slot_capacity(self.rate, slot)
-        if cap <= 0:
-            return 0
-        fresh = min(self.chunk, cap)
+    def _grant(self, now: float) -> tuple[int, int]:
+        """Ask the row for up to ``chunk`` tokens: (how many we got, the new due time)."""
+        now_us = int(now * 1_000_000)
         w = RateWindow.__table__.c
-        same = w.slot == slot
+        base = case((w.tat_us > now_us, w.tat_us), else_=now_us)
+        room = (now_us + self.burst * self.interval_us - base) // self.interval_us
+        share = case((room <= 0, 0), (room < self.chunk, room), else_=self.chunk)
         statement = (
             update(RateWindow)
-            .where(w.name == self.name, w.slot <= slot)
-            .values(
-                granted=case(
-                    (w.slot < slot, fresh),
-                    (w.used >= cap, 0),
-                    (w.used + self.chunk > cap, cap - w.used),
-                    else_=self.chunk,
-                ),
-                used=case(
-                    (w.slot < slot, fresh),
-                    (w.used + self.chunk > cap, cap),
-                    else_=w.used + self.chunk,
-                ),
-                slot=case((same, w.slot), else_=slot),
-            )
-            .returning(w.granted)
+            .where(w.name == self.name)
+            .values(granted=share, tat_us=base + share * self.interval_us)
+            .returning(w.granted, w.tat_us)
         )
         with self.db.write() as session:
-            got = session.execute(statement).scalar()
-            if got is None and session.get(RateWindow, self.name) is None:
-                session.add(RateWindow(name=self.name, slot=slot, used=fresh, granted=fresh))
-                return fresh
-        return int(got or 0)
+            row = session.execute(statement).first()
+            if row is None:
+                first = min(self.chunk, self.burst)
+                session.add(
+                    RateWindow(
+                        name=self.name, tat_us=now_us + first * self.interval_us, granted=first
+                    )
+                )
+                return first, now_us + first * self.interval_us
+        return int(row[0]), int(row[1])
 
 
 def limiter_for(db: Database, rate: float) -> SharedRate | None:

@@ -24,8 +24,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('claim_expires_at', newsletter.models.UTCDateTime(), nullable=True))
     op.create_table('rate_windows',
     sa.Column('name', sa.String(length=100), nullable=False),
-    sa.Column('slot', sa.BigInteger(), nullable=False),
-    sa.Column('used', sa.Integer(), nullable=False),
+    sa.Column('tat_us', sa.BigInteger(), nullable=False),
     sa.Column('granted', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_rate_windows'))
     )
