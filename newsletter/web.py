@@ -56,7 +56,7 @@ class WebState:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.limits = Limits.from_settings(ctx.settings)
+        self.limits = Limits.from_settings(ctx.settings, ctx.db)
         self.mailer = ConfirmationMailer(ctx)
         self._write_lock = threading.Lock()
 
@@ -245,7 +245,7 @@ def _routes(app: Flask, state: WebState) -> None:
             if subscriber is None or not _can_resend(subscriber):
                 # Purged, or left since: a fresh signup is the way back in.
                 return page("expired.html", token=token, known=False)
-            if not state.limits.per_address.hit(address_key(subscriber.email)):
+            if not state.limits.per_address.hit(address_key(subscriber.email), session):
                 return error_page(429)
             again = subs.request_subscription(session, subscriber.email, subscriber.name)
             mail = confirmation_for(again)
