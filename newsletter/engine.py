@@ -189,6 +189,7 @@ class Claims:
     def claim(self, due: list[int]) -> ledger.Claim:
         """One claiming transaction: these due retries, else the next keyset batch."""
         with self.ctx.db.write() as session:
+            ledger.relaxed_commit(session)
             if due:
                 return ledger.claim_ids(session, self.issue_id, due, self.claimant())
             claim = ledger.claim_next(
@@ -216,6 +217,7 @@ class Claims:
         """Keep our claims alive, and take back rows whose claim expired (dead senders)."""
         now = utcnow()
         with self.ctx.db.write() as session:
+            ledger.relaxed_commit(session)
             ledger.renew_claims(session, self.issue_id, Claimant(self.sender, now + self.ttl))
             taken = self._take_back(session, now)
         if taken:
@@ -346,6 +348,7 @@ class Recorder:
         batch, self.buffer = self.buffer, []
         self.last_flush = self.last_status = time.monotonic()
         with self.ctx.db.write() as session:
+            ledger.relaxed_commit(session)
             if batch:
                 ledger.record(
                     session,

@@ -35,6 +35,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -80,6 +81,19 @@ class Claim:
     skipped: int
     issue_status: IssueStatus | None
     last_id: int | None  # highest subscriber id looked at (keyset cursor)
+
+
+def relaxed_commit(session: Session) -> None:
+    """PostgreSQL: this transaction's commit does not wait for its WAL flush.
+
+    For the delivery loop's own writes (claims, outcomes, renewals) only.  The same
+    durability SQLite gives every write here (WAL with ``synchronous=NORMAL``): an
+    application crash loses nothing; a power loss of the database server may lose
+    the last fraction of a second of outcomes, whose rows are then sent again, which
+    at-least-once delivery already allows.  Elsewhere commits stay synchronous.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit = off"))
 
 
 def enqueue(session: Session, issue_id: int) -> int:
