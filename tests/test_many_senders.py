@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _delivery_support import counts, email_for
+from _delivery_support import counts, email_for, make_issue
 from _senders_support import Fleet, SlowRelay, finish, make_fleet
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -167,3 +167,25 @@ def test_the_send_rate_holds_for_the_deployment_with_three_senders(
     in_window = sum(1 for t in relay.arrivals if start <= t < start + window)
     print(f"\n{in_window} messages in {window:.0f} s with three senders (limit {rate}/s)")
     assert abs(in_window - rate * window) <= 0.05 * rate * window, in_window
+
+
+def test_a_worker_waits_for_the_next_issue_and_stops_on_sigterm(
+    fleet_ctx: Context, env: dict[str, str], tmp_path: Path, fleets: list[Fleet]
+) -> None:
+    fleet = make_fleet(fleet_ctx, env, tmp_path, 40, SlowRelay(delay=0))
+    fleets.append(fleet)
+    idle = fleet.start("worker", "--until-idle")
+    code, out = finish(idle)
+    assert code == 0 and "Nothing left to claim" in out, out  # nothing is sending
+    fleet.procs.remove(idle)
+    worker = fleet.start("worker", "--poll", "0.2")
+    time.sleep(0.5)  # it is looking for work, finds none, and keeps waiting
+    assert worker.poll() is None
+    issue_id = make_issue(fleet_ctx)  # an issue starts sending (the timetable, a send)
+    fleet.wait_for(lambda: len(fleet.server.messages) == 40)
+    fleet.wait_for(lambda: issue_status(fleet_ctx) is IssueStatus.SENT)
+    worker.send_signal(signal.SIGTERM)
+    code, out = finish(worker)
+    assert code == 0, out
+    assert f"Issue #{issue_id} sent: 40 sent" in out
+    assert counts(fleet.server.messages) == {email_for(i): 1 for i in range(40)}

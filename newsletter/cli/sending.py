@@ -149,9 +149,9 @@ def send_command(
     """Send today's digest now (or a manual issue with --story).
 
     An unfinished issue (interrupted, paused or with retries left) is resumed
-    instead of starting another. Exit codes: 0 done or nothing new, 1 failures
-    or deliveries still queued, 3 paused by a policy refusal (5.7.x), 75 another
-    process is sending.
+    instead of starting another; one another process is sending is joined (this
+    process becomes one more sender on it). Exit codes: 0 done or nothing new, 1
+    failures or deliveries still queued, 3 paused by a policy refusal (5.7.x).
     """
     if more_ids and not stories:
         raise click.UsageError(
