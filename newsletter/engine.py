@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from . import ledger
 from .context import Context
+from .db import Pinned
 from .lease import Holder
 from .ledger import Claimant, Job, Result
 from .models import DeliveryStatus, IssueStatus, utcnow
@@ -147,9 +148,12 @@ class Halts:
 class Claims:
     """This sender's share of the issue's rows (see module docstring)."""
 
-    def __init__(self, ctx: Context, issue_id: int, holder: Holder, halts: Halts) -> None:
+    def __init__(
+        self, ctx: Context, issue_id: int, holder: Holder, halts: Halts, writer: Pinned
+    ) -> None:
         s = ctx.settings
         self.ctx = ctx
+        self.writer = writer
         self.issue_id = issue_id
         self.holder = holder
         self.sender = sender_id(holder)
@@ -188,8 +192,7 @@ class Claims:
 
     def claim(self, due: list[int]) -> ledger.Claim:
         """One claiming transaction: these due retries, else the next keyset batch."""
-        with self.ctx.db.write() as session:
-            ledger.relaxed_commit(session)
+        with self.writer.write() as session:
             if due:
                 return ledger.claim_ids(session, self.issue_id, due, self.claimant())
             claim = ledger.claim_next(
@@ -216,8 +219,7 @@ class Claims:
     def renew(self) -> None:
         """Keep our claims alive, and take back rows whose claim expired (dead senders)."""
         now = utcnow()
-        with self.ctx.db.write() as session:
-            ledger.relaxed_commit(session)
+        with self.writer.write() as session:
             ledger.renew_claims(session, self.issue_id, Claimant(self.sender, now + self.ttl))
             taken = self._take_back(session, now)
         if taken:
@@ -225,7 +227,7 @@ class Claims:
 
     def take_back(self) -> int:
         """On start and when idle: rows of dead senders go back to the queue."""
-        with self.ctx.db.write() as session:
+        with self.writer.write() as session:
             taken = self._take_back(session, utcnow())
         if taken:
             self.reopen()
@@ -325,8 +327,10 @@ class Recorder:
         sender: str,
         halts: Halts,
         progress: Callable[[], None] | None,
+        writer: Pinned,
     ) -> None:
         self.ctx = ctx
+        self.writer = writer
         self.issue_id = issue_id
         self.sender = sender
         self.halts = halts
@@ -347,8 +351,7 @@ class Recorder:
     def flush(self) -> None:
         batch, self.buffer = self.buffer, []
         self.last_flush = self.last_status = time.monotonic()
-        with self.ctx.db.write() as session:
-            ledger.relaxed_commit(session)
+        with self.writer.write() as session:
             if batch:
                 ledger.record(
                     session,
@@ -384,10 +387,11 @@ class Run:
         self.stop = stop
         self.stats = RunStats()
         self.halts = Halts(self.stats)
-        self.claims = Claims(ctx, issue_id, holder, self.halts)
+        self.writer = Pinned(ctx.db)
+        self.claims = Claims(ctx, issue_id, holder, self.halts, self.writer)
         self.pusher = Pusher(ctx, transport, self.halts)
         report = (lambda: progress(self.snapshot())) if progress is not None else None
-        self.recorder = Recorder(ctx, issue_id, self.claims.sender, self.halts, report)
+        self.recorder = Recorder(ctx, issue_id, self.claims.sender, self.halts, report, self.writer)
         self.max_attempts = s.max_attempts
         self.retry_base = s.retry_base_seconds
         self.renew_every = s.lease_seconds / 4
@@ -418,7 +422,10 @@ class Run:
             self.halts.cancel.set()
             raise
         finally:
-            self._drain()
+            try:
+                self._drain()
+            finally:
+                self.writer.close()
         self.stats.elapsed = time.monotonic() - started
         if self.stats.error is not None:
             raise self.stats.error
