@@ -137,6 +137,7 @@ def test_healthz(web: Web) -> None:
     assert resp.status_code == 200 and resp.get_data(as_text=True) == "ok\n"
 
 
+@pytest.mark.sqlite_only
 def test_healthz_503_when_the_database_does_not_answer(
     env: dict[str, str], tmp_path: object
 ) -> None:
