@@ -20,10 +20,10 @@ from click.testing import CliRunner, Result
 from conftest import SMTPServer, free_port, start_smtp
 from sqlalchemy import select
 
-from newsletter import ledger
 from newsletter.cli import main
 from newsletter.config import load_settings
 from newsletter.context import Context
+from newsletter.delivery import ledger
 from newsletter.models import (
     Issue,
     IssueKind,

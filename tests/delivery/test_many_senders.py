@@ -189,3 +189,34 @@ def test_a_worker_waits_for_the_next_issue_and_stops_on_sigterm(
     assert code == 0, out
     assert f"Issue #{issue_id} sent: 40 sent" in out
     assert counts(fleet.server.messages) == {email_for(i): 1 for i in range(40)}
+
+
+def test_the_daily_limit_holds_exactly_with_three_senders(
+    fleet_ctx: Context, env: dict[str, str], tmp_path: Path, fleets: list[Fleet]
+) -> None:
+    """NEWSLETTER_DAILY_LIMIT with three senders claiming batches: the limit, never more.
+
+    Each sender asks for its allowance in the transaction that claims a batch, and
+    the rows the others have claimed (``sending``) count as used: 455 is not a
+    multiple of the batch size (20), so the last claims are cut to what is left.
+    """
+    n, limit = 700, 455
+    relay = SlowRelay(delay=0.05)
+    fleet = make_fleet(fleet_ctx, env, tmp_path, n, relay, NEWSLETTER_DAILY_LIMIT=str(limit))
+    fleets.append(fleet)
+    procs = three_senders(fleet)
+    results = [finish(p) for p in procs]
+    assert results[0][0] == 1 and "until tomorrow" in results[0][1], results[0][1]
+    assert [code for code, _ in results[1:]] == [0, 0], "\n".join(o for _, o in results)
+    received = counts(fleet.server.messages)
+    assert len(received) == limit and set(received.values()) == {1}  # exactly the quota
+    shares = fleet.senders_of_sent_rows()
+    assert len(shares) == 3 and sum(shares.values()) == limit, shares  # all three did work
+    with fleet_ctx.db.read() as session:
+        rows = session.execute(select(Delivery.status, Delivery.attempts)).all()
+    assert sorted({(s, a) for s, a in rows}) == [
+        (DeliveryStatus.QUEUED, 0),
+        (DeliveryStatus.SENT, 1),
+    ]
+    assert sum(1 for s, _ in rows if s is DeliveryStatus.QUEUED) == n - limit
+    assert issue_status(fleet_ctx) is IssueStatus.SENDING  # the rest wait for tomorrow
