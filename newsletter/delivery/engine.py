@@ -247,9 +247,19 @@ class Claims:
             self.reopen()
 
     def take_back(self) -> int:
-        """On start and when idle: rows of dead senders go back to the queue."""
+        """On start and when idle: rows of dead senders go back to the queue.
+
+        Looked for in a read first, so an idle sender watching live ones does not
+        take the write lock (SQLite) several times a second for nothing.
+        """
+        now = utcnow()
+        with self.ctx.db.read() as session:
+            holders = ledger.claim_holders(session, self.issue_id, now, besides=self.sender)
+            stale = ledger.expired_claims(session, self.issue_id, now)
+        if not stale and not dead_local_senders(list(holders), self.holder.host):
+            return 0
         with self.writer.write() as session:
-            taken = self._take_back(session, utcnow())
+            taken = self._take_back(session, now)
         if taken:
             self.reopen()
         return taken
@@ -518,7 +528,8 @@ class Run:
         if self.claims.take_back():
             return True
         if not self.claims.others_working():
-            return False
+            # A claim may have expired between the two looks: one more take-back.
+            return self.claims.take_back() > 0
         if self.stop is not None:
             self.stop.wait(0.2)
         else:

@@ -131,6 +131,22 @@ def take_back_expired(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def expired_claims(session: Session, issue_id: int, now: datetime) -> int:
+    """Rows ``sending`` whose claim has expired (their sender stopped renewing)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(D)
+            .where(
+                D.c.issue_id == issue_id,
+                D.c.status == DeliveryStatus.SENDING.value,
+                or_(D.c.claim_expires_at.is_(None), D.c.claim_expires_at < now),
+            )
+        )
+        or 0
+    )
+
+
 def renew_claims(session: Session, issue_id: int, claimant: Claimant) -> int:
     """Push this sender's claims forward (it is alive and still working on them)."""
     result = session.execute(

@@ -42,7 +42,7 @@ def test_a_csv_with_nul_bytes_imports_without_them(ctx: Context) -> None:
         report = apply_import(session, parse_csv(data), confirmed=True)
     assert report.ok and report.added == 2, report
     with ctx.db.read() as session:
-        names = dict(session.execute(select(Subscriber.email, Subscriber.name)).tuples().all())
+        names = {e: n for e, n in session.execute(select(Subscriber.email, Subscriber.name))}
     assert names == {"nul@example.com": "Anne Smith", "plain@example.com": "Bob"}
 
 
