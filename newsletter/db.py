@@ -154,6 +154,29 @@ class Database:
 SECRET_KEY_NAME = "secret_key"  # noqa: S105 - a row name, not a secret
 
 
+def error_reason(exc: BaseException) -> str:
+    """A database error in one line, without the SQL: "database or disk is full"."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc) or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+HEARTBEAT_KEY = "healthz.heartbeat"
+
+
+def heartbeat(session: Session) -> None:
+    """Write the one-row heartbeat ``/healthz`` uses to prove the database takes writes."""
+    from .models import utcnow
+
+    value = utcnow().isoformat()
+    row = session.get(AppState, HEARTBEAT_KEY)
+    if row is None:
+        session.add(AppState(key=HEARTBEAT_KEY, value=value))
+    else:
+        row.value = value
+    session.flush()
+
+
 def resolve_secret_key(db: Database, settings: Settings) -> str:
     """The configured key, else the one generated and stored on first use.
 

@@ -8,6 +8,7 @@ with exit code 2 instead of a traceback.  Commands own their transactions.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -16,7 +17,27 @@ from .state import SettingsError as SettingsError
 from .state import pass_state as pass_state
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The top-level group: a database error in any command is one line and exit 1.
+
+    A full disk, a read-only file or a lost server surfaces as an SQLAlchemy error
+    from whatever write the command was doing; the transaction was rolled back,
+    so nothing half-made was kept.  The traceback is logged at DEBUG (``-vv``).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ..db import error_reason
+
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            logging.getLogger("newsletter").debug("database error", exc_info=True)
+            raise click.ClickException(f"database error: {error_reason(exc)}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO; twice for DEBUG).")
 @click.version_option(package_name="newsletter")
 @click.pass_context

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .addresses import NAME_MAX as NAME_MAX
     from .addresses import InvalidEmail as InvalidEmail
+    from .addresses import canonical_mailbox as canonical_mailbox
     from .addresses import clean_name as clean_name
+    from .addresses import form_name as form_name
     from .addresses import normalise_email as normalise_email
     from .csvio import CsvError as CsvError
     from .csvio import CsvReport as CsvReport
@@ -63,7 +65,9 @@ _SURFACE = {
     "UnknownSubscriber": "store",
     "add_subscriber": "store",
     "apply_import": "csvio",
+    "canonical_mailbox": "addresses",
     "clean_name": "addresses",
+    "form_name": "addresses",
     "confirm": "store",
     "count_by_status": "store",
     "export_csv": "csvio",

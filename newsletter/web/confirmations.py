@@ -48,8 +48,10 @@ def send_confirmation(
     """
     from ..mail import build_single, render_confirmation
 
-    rendered = render_confirmation(ctx, item.name, item.confirm_url)
-    built = build_single(ctx, item.email, item.name, rendered.subject, rendered.html, rendered.text)
+    # No name: until the address is confirmed, the name is a stranger's text (anyone
+    # can type anyone's address), and To or "Hi <name>" would let them write to it.
+    rendered = render_confirmation(ctx, "", item.confirm_url)
+    built = build_single(ctx, item.email, "", rendered.subject, rendered.html, rendered.text)
     for delay in (*retry_delays, None):
         outcome = transport.send(ctx.settings.from_email, item.email, built.data)
         if outcome.outcome is Outcome.SENT:

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from .. import subscribers as subs
 from ..context import Context
@@ -105,7 +105,7 @@ def subscribe() -> tuple[str, int]:
         )  # fmt: skip
     if not state.limits.per_address.hit(address_key(email)):
         return error_page(429)
-    name = subs.clean_name(raw_name)
+    name = subs.form_name(raw_name)
     with state.write() as session:
         mail = _confirmation_for(subs.request_subscription(session, email, name))
     if mail is not None:
@@ -257,13 +257,20 @@ def archive_issue(issue_id: int) -> Response:
 
 @blueprint.get("/healthz")
 def healthz() -> tuple[str, int, dict[str, str]]:
+    """ok when the database answers *and accepts a write* (a one-row heartbeat).
+
+    A full disk or a read-only file still answers SELECT 1, while every signup,
+    confirmation and send fails: the balancer must hear about it, and why.
+    """
+    from ..db import error_reason, heartbeat
+
     plain = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
     try:
-        with _ctx().db.read() as session:
-            session.execute(text("SELECT 1")).scalar_one()
-    except Exception:
-        log.exception("health check: database not answering")
-        return "database unavailable\n", 503, plain
+        with _state().write() as session:
+            heartbeat(session)
+    except Exception as exc:
+        log.exception("health check: the database does not accept writes")
+        return f"database unavailable: cannot write ({error_reason(exc)})\n", 503, plain
     return "ok\n", 200, plain
 
 

@@ -71,7 +71,9 @@ def test_new_address_gets_pending_row_and_confirmation_email(web: Web) -> None:
     assert "List-Unsubscribe" not in msg  # not subscribed yet: nothing to leave
     assert "Bcc" not in msg  # the CR/LF in the name started no header
     [to] = msg["To"].addresses
-    assert to.addr_spec == "reader@example.com" and to.display_name == "Ada Bcc: x@evil.test"
+    # No name before confirmation: it is whatever a stranger typed (issue 16, finding 2).
+    assert to.addr_spec == "reader@example.com" and to.display_name == ""
+    assert sub.name == "Ada Bcc"
     url = link(msg, "confirm")
     assert web.ctx.tokens.read_confirm(url.rsplit("/", 1)[1]) == sub.id
 
