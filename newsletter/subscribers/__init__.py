@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .store import add_subscriber as add_subscriber
     from .store import confirm as confirm
     from .store import count_by_status as count_by_status
+    from .store import current_epoch as current_epoch
     from .store import find as find
     from .store import list_subscribers as list_subscribers
     from .store import mark_bounced as mark_bounced
@@ -67,6 +68,7 @@ _SURFACE = {
     "apply_import": "csvio",
     "canonical_mailbox": "addresses",
     "clean_name": "addresses",
+    "current_epoch": "store",
     "form_name": "addresses",
     "confirm": "store",
     "count_by_status": "store",

@@ -154,6 +154,8 @@ def request_subscription(
         return subscriber
     if subscriber.status is SubscriberStatus.ACTIVE:
         return None
+    if subscriber.status is not SubscriberStatus.PENDING:
+        subscriber.epoch = (subscriber.epoch or 0) + 1  # a new signup: older links are void
     if name:
         subscriber.name = name
     subscriber.confirm_sent_at = now
@@ -191,6 +193,15 @@ def confirm(
     return subscriber
 
 
+def current_epoch(subscriber: Subscriber, epoch: int) -> bool:
+    """A confirm token minted in ``epoch`` still applies to ``subscriber``.
+
+    False once the person unsubscribed or signed up again since: that link "has
+    been replaced" by the one in their newest email.
+    """
+    return epoch == (subscriber.epoch or 0)
+
+
 def unsubscribe(
     session: Session, subscriber_id: int, now: datetime | None = None
 ) -> Subscriber | None:
@@ -207,6 +218,7 @@ def unsubscribe(
     if subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
         subscriber.status = SubscriberStatus.UNSUBSCRIBED
         subscriber.unsubscribed_at = now or utcnow()
+        subscriber.epoch = (subscriber.epoch or 0) + 1  # every confirm link so far is void
     subscriber.confirm_sent_at = None
     session.flush()
     _skip_queued(session, subscriber.id)

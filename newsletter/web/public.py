@@ -68,7 +68,8 @@ def _confirmation_for(subscriber: Subscriber | None) -> Confirmation | None:
     if subscriber is None:
         return None
     ctx = _ctx()
-    url = f"{ctx.settings.base_url}/confirm/{ctx.tokens.confirm(subscriber.id)}"
+    token = ctx.tokens.confirm(subscriber.id, subscriber.epoch or 0)
+    url = f"{ctx.settings.base_url}/confirm/{token}"
     return Confirmation(subscriber.id, subscriber.email, subscriber.name, url)
 
 
@@ -114,13 +115,23 @@ def subscribe() -> tuple[str, int]:
 
 
 def _confirm_id(token: str) -> int | tuple[str, int]:
-    """The subscriber id a confirm token carries, or the expired-link page."""
+    """The subscriber id a confirm token carries, or the expired/replaced-link page."""
     try:
-        return _ctx().tokens.read_confirm(token)
+        subscriber_id, epoch = _ctx().tokens.read_confirm_epoch(token)
     except ExpiredToken as exc:
         return _expired(exc.subscriber_id, token)
     except InvalidToken:
         abort(400)
+    return _replaced(subscriber_id, epoch) or subscriber_id
+
+
+def _replaced(subscriber_id: int, epoch: int) -> tuple[str, int] | None:
+    """The "replaced" page for a link from an earlier epoch (issue 16, finding 6)."""
+    with _ctx().db.read() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None or subs.current_epoch(subscriber, epoch):
+            return None
+    return _page("replaced.html", 410)
 
 
 @blueprint.get("/confirm/<token>")

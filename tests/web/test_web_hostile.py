@@ -213,3 +213,43 @@ def start_serve_anyway(tmp_path: Path, smtp_url: str, **env: str) -> Served:
 
     wait_for(listening, 30)
     return running
+
+
+def test_a_confirm_link_from_before_an_unsubscribe_stays_dead(
+    served: Served, smtp_server: SMTPServer, tmp_path: Path
+) -> None:
+    """Finding 6: after an unsubscribe and a new signup, an old confirm link re-activated."""
+    from _web_support import link
+
+    from newsletter.subscribers import Tokens
+
+    def status() -> str:
+        with sqlite3.connect(tmp_path / "served.db") as conn:
+            (row,) = conn.execute("SELECT status FROM subscribers WHERE email = 'back@example.org'")
+        return str(row[0])
+
+    def post(url: str) -> tuple[int, str]:
+        request = urllib.request.Request(url, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
+
+    assert post_form(served.base, "back@example.org") == 200
+    (first,) = mails_until_marker(smtp_server, served.base)
+    old_link = link(first.message, "confirm", served.base)
+    assert post(old_link)[0] == 200 and status() == "active"
+    with sqlite3.connect(tmp_path / "served.db") as conn:
+        (sid,) = conn.execute("SELECT id FROM subscribers WHERE email = 'back@example.org'")
+    unsubscribe = Tokens(served.env["NEWSLETTER_SECRET_KEY"]).unsubscribe(sid[0])
+    assert post(f"{served.base}/unsubscribe/{unsubscribe}")[0] == 200
+    assert status() == "unsubscribed"
+    assert post_form(served.base, "back@example.org") == 200  # a new signup, not confirmed
+    code, page = post(old_link)
+    assert code == 410 and "this link has been replaced, check your newest email" in page
+    assert status() == "unsubscribed"
+    newest = [m for m in mails_until_marker(smtp_server, served.base) if m is not first]
+    new_link = link(newest[-1].message, "confirm", served.base)
+    assert new_link != old_link
+    assert post(new_link)[0] == 200 and status() == "active"
