@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .store import purge_expired_pending as purge_expired_pending
     from .store import remove as remove
     from .store import request_subscription as request_subscription
+    from .store import signup_request as signup_request
     from .store import unsubscribe as unsubscribe
     from .tokens import CONFIRM_MAX_AGE as CONFIRM_MAX_AGE
     from .tokens import ExpiredToken as ExpiredToken
@@ -82,6 +83,7 @@ _SURFACE = {
     "purge_expired_pending": "store",
     "remove": "store",
     "request_subscription": "store",
+    "signup_request": "store",
     "unsubscribe": "store",
 }
 __all__ = sorted(_SURFACE)

@@ -119,6 +119,14 @@ def add_subscriber(
 def request_subscription(
     session: Session, email: str, name: str = "", now: datetime | None = None
 ) -> Subscriber | None:
+    """:func:`signup_request`'s subscriber when it needs a confirmation email, else None."""
+    subscriber, needs_confirmation = signup_request(session, email, name, now)
+    return subscriber if needs_confirmation else None
+
+
+def signup_request(
+    session: Session, email: str, name: str = "", now: datetime | None = None
+) -> tuple[Subscriber, bool]:
     """A web signup: the subscriber who should get a confirmation email now, or None.
 
     * new address: a pending row (source ``web``) is created;
@@ -127,7 +135,11 @@ def request_subscription(
       person can come back, but only by confirming (the address stays suppressed
       until then, and an unconfirmed request never turns it into a purgeable
       pending row);
-    * active: None, nothing to send (the web page answers the same either way).
+    * active: the row, with False: it gets an "already subscribed" email instead.
+
+    Returns (subscriber, needs a confirmation).  Every case writes the row the
+    same way (``confirm_sent_at``, one flush), so that the time a request takes
+    does not tell a prober whether the address is an active reader.
 
     ``confirm_sent_at`` is set to ``now``: it marks the open request that
     :func:`confirm` requires before it reactivates a suppressed row, and it
@@ -151,16 +163,18 @@ def request_subscription(
         )
         session.add(subscriber)
         session.flush()
-        return subscriber
+        return subscriber, True
     if subscriber.status is SubscriberStatus.ACTIVE:
-        return None
+        subscriber.confirm_sent_at = now  # the same write as every other case
+        session.flush()
+        return subscriber, False
     if subscriber.status is not SubscriberStatus.PENDING:
         subscriber.epoch = (subscriber.epoch or 0) + 1  # a new signup: older links are void
     if name:
         subscriber.name = name
     subscriber.confirm_sent_at = now
     session.flush()
-    return subscriber
+    return subscriber, True
 
 
 def confirm(

@@ -36,6 +36,7 @@ class Confirmation:
     email: str
     name: str
     confirm_url: str
+    already: bool = False  # an active reader: "you are already subscribed", no link
 
 
 def send_confirmation(
@@ -46,11 +47,12 @@ def send_confirmation(
     A temporary failure (4xx, dropped connection) is retried after a short pause;
     anything else is logged and given up on: the person can ask again.
     """
-    from ..mail import build_single, render_confirmation
+    from ..mail import build_single, render_already_subscribed, render_confirmation
 
     # No name: until the address is confirmed, the name is a stranger's text (anyone
     # can type anyone's address), and To or "Hi <name>" would let them write to it.
-    rendered = render_confirmation(ctx, "", item.confirm_url)
+    render = render_already_subscribed if item.already else render_confirmation
+    rendered = render(ctx, "", item.confirm_url)
     built = build_single(ctx, item.email, "", rendered.subject, rendered.html, rendered.text)
     for delay in (*retry_delays, None):
         outcome = transport.send(ctx.settings.from_email, item.email, built.data)

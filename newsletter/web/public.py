@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from sqlalchemy import select
@@ -63,14 +63,22 @@ def _page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
     return render_template(f"web/{template}", **values), status
 
 
-def _confirmation_for(subscriber: Subscriber | None) -> Confirmation | None:
-    """The email to queue once the transaction has committed (never before)."""
+@overload
+def _confirmation_for(subscriber: Subscriber, already: bool = False) -> Confirmation: ...
+@overload
+def _confirmation_for(subscriber: None, already: bool = False) -> None: ...
+def _confirmation_for(subscriber: Subscriber | None, already: bool = False) -> Confirmation | None:
+    """The email to queue once the transaction has committed (never before).
+
+    ``already``: an active reader's address was typed in again; they get an
+    "already subscribed" note, built with the same work as a confirmation.
+    """
     if subscriber is None:
         return None
     ctx = _ctx()
     token = ctx.tokens.confirm(subscriber.id, subscriber.epoch or 0)
     url = f"{ctx.settings.base_url}/confirm/{token}"
-    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url)
+    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url, already)
 
 
 @blueprint.get("/")
@@ -108,9 +116,10 @@ def subscribe() -> tuple[str, int]:
         return error_page(429)
     name = subs.form_name(raw_name)
     with state.write() as session:
-        mail = _confirmation_for(subs.request_subscription(session, email, name))
-    if mail is not None:
-        state.mailer.submit(mail)
+        subscriber, needs_confirmation = subs.signup_request(session, email, name)
+        mail = _confirmation_for(subscriber, already=not needs_confirmation)
+    # Queued the same way for every address: a confirmation, or "already subscribed".
+    state.mailer.submit(mail)
     return _page("check_inbox.html")
 
 
