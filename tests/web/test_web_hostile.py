@@ -310,3 +310,14 @@ def test_subscribe_takes_as_long_for_an_active_reader_as_for_a_stranger(
         assert 0.67 <= ratio <= 1.5, (ratio, statistics.median(active), statistics.median(unknown))
     finally:
         served.stop()
+
+
+def test_every_page_refuses_to_be_framed(served: Served) -> None:
+    """A mutation probe dropped X-Frame-Options with every test still passing."""
+    for path in ("/", "/subscribe", "/archive", "/no-such-page", "/confirm/bad%20token"):
+        answer = raw(
+            served.base, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        head = answer.split(b"\r\n\r\n", 1)[0].decode().lower()
+        assert "\r\nx-frame-options: deny" in head, (path, head)
+        assert "frame-ancestors 'none'" in head, (path, head)
