@@ -8,10 +8,11 @@ an operator can always override a file that ships with the deployment.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
@@ -72,6 +73,9 @@ class Settings:
     postal_address: str = "Set NEWSLETTER_POSTAL_ADDRESS to your postal address"
     dkim_key_file: Path | None = None
     dkim_selector: str | None = None
+    dkim_ed25519_key_file: Path | None = None
+    dkim_ed25519_selector: str | None = None
+    daily_limit: int = 0
     templates_dir: Path | None = None
     misfire_grace_seconds: int = 3600
     max_attempts: int = 5
@@ -84,11 +88,31 @@ class Settings:
     article_base_url: str | None = None
     web_rate_ip: str = "20/10m"
     web_rate_address: str = "3/1h"
+    language: str = "en"
+    digest_note: str | None = None
+    # Not settings: which placeholder defaults are still in force (``first_run_problems``).
+    bounce_address: str | None = None
+    bounce_mailbox: str | None = None
+    bounce_poll_minutes: int = 10
+    soft_bounce_limit: int = 3
+    mailgun_signing_key: str | None = None
+    postmark_webhook_token: str | None = None
+    sendgrid_public_key: str | None = None
+    ses_topic_arns: tuple[str, ...] = ()
+    # Not settings: which placeholder defaults are still in force (``first_run_problems``).
+    unset: frozenset[str] = field(default=frozenset(), compare=False, metadata={"setting": False})
 
     @property
     def from_header(self) -> str:
         """The From value as ``Name <addr>`` (encoding is message.py's job)."""
         return str(Address(display_name=self.from_name, addr_spec=self.from_email))
+
+    @property
+    def smtp_urls(self) -> tuple[str, ...]:
+        """NEWSLETTER_SMTP_URL's relays in the order they are tried (empty: Maildir)."""
+        if not self.smtp_url:
+            return ()
+        return tuple(u.strip() for u in self.smtp_url.split(",") if u.strip())
 
     @property
     def sender_domain(self) -> str:
@@ -98,6 +122,32 @@ class Settings:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+# Defaults that are placeholders: fine for the demo and the outbox, embarrassing in
+# 5,000 real inboxes (links to localhost, a footer asking for an address).
+PLACEHOLDER_SETTINGS = ("BASE_URL", "POSTAL_ADDRESS")
+
+
+def first_run_problems(settings: Settings) -> list[str]:
+    """One line per placeholder setting that must be set before mailing real people."""
+    why = {
+        "BASE_URL": "the public URL of the web app, used in every unsubscribe and archive link",
+        "POSTAL_ADDRESS": "the postal address the law (CAN-SPAM and others) requires in bulk mail",
+    }
+    return [
+        f"{PREFIX}{name} is not set: set it to {why[name]}"
+        for name in PLACEHOLDER_SETTINGS
+        if name in settings.unset
+    ]
+
+
+def _language(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*", value):
+        raise ConfigError(
+            f"{PREFIX}LANGUAGE: expected a language tag such as en or es-ES, got {value!r}"
+        )
+    return value
 
 
 def _no_control(name: str, value: str) -> str:
@@ -236,6 +286,16 @@ def _database_url(value: str) -> str:
 
 
 def _smtp_url(value: str) -> str:
+    """One relay URL, or several comma-separated (tried in order)."""
+    urls = [u.strip() for u in value.split(",")]
+    if any(not u for u in urls):
+        raise ConfigError(f"{PREFIX}SMTP_URL: an empty entry in the comma-separated relay list")
+    for url in urls:
+        _one_smtp_url(url)
+    return ",".join(urls)
+
+
+def _one_smtp_url(value: str) -> str:
     try:
         parts = urlsplit(value)
     except ValueError as exc:
@@ -335,6 +395,80 @@ def _feeds(value: str) -> tuple[str, ...]:
     return feeds
 
 
+def _dkim_ed25519(get: Callable[[str], str | None], kwargs: dict[str, object]) -> None:
+    """NEWSLETTER_DKIM_ED25519_KEY_FILE and _SELECTOR: both or neither (RFC 8463 key)."""
+    key_file, selector = get("DKIM_ED25519_KEY_FILE"), get("DKIM_ED25519_SELECTOR")
+    if (key_file is None) != (selector is None):
+        given = "SELECTOR" if selector is not None else "KEY_FILE"
+        raise ConfigError(
+            f"{PREFIX}DKIM_ED25519_{given}: {PREFIX}DKIM_ED25519_KEY_FILE and _SELECTOR "
+            "must be set together"
+        )
+    if key_file is None or selector is None:
+        return
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", selector):
+        raise ConfigError(f"{PREFIX}DKIM_ED25519_SELECTOR: not a DNS label: {selector!r}")
+    if not Path(key_file).is_file():
+        raise ConfigError(f"{PREFIX}DKIM_ED25519_KEY_FILE: no such file {key_file}")
+    if selector == kwargs.get("dkim_selector"):
+        raise ConfigError(
+            f"{PREFIX}DKIM_ED25519_SELECTOR: must differ from {PREFIX}DKIM_SELECTOR "
+            "(each key is published under its own selector)"
+        )
+    kwargs["dkim_ed25519_key_file"] = Path(key_file)
+    kwargs["dkim_ed25519_selector"] = selector
+
+
+def _raw_values(
+    environ: Mapping[str, str] | None, dotenv_path: str | os.PathLike[str] | None
+) -> dict[str, str]:
+    """NEWSLETTER_* names (without the prefix) from ``.env``, overridden by the environment."""
+    values: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return {k[len(PREFIX) :]: v for k, v in values.items() if k.startswith(PREFIX)}
+
+
+def known_names() -> frozenset[str]:
+    """Every NEWSLETTER_* name the loader reads (found by watching it read an empty env)."""
+    seen: set[str] = set()
+    _load(_Recorder(seen))
+    return frozenset(PREFIX + name for name in seen)
+
+
+class _Recorder(dict[str, str]):
+    """An empty mapping that remembers every key asked for."""
+
+    def __init__(self, seen: set[str]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def get(self, key: str, default: object = None) -> None:  # type: ignore[override]
+        self.seen.add(key)
+        return None
+
+
+def unknown_settings(
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: str | os.PathLike[str] | None = ".env",
+) -> list[str]:
+    """One warning per NEWSLETTER_* name nobody reads, with the closest known name.
+
+    A misspelt setting (``NEWSLETTER_SMTP_ULR``) would otherwise be ignored in
+    silence and the default used: the outbox instead of the relay.
+    """
+    known = known_names()
+    out = []
+    for name in sorted(PREFIX + key for key in _raw_values(environ, dotenv_path)):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        out.append(f"unknown setting {name} is ignored{hint}")
+    return out
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     dotenv_path: str | os.PathLike[str] | None = ".env",
@@ -343,11 +477,11 @@ def load_settings(
 
     Pass ``dotenv_path=None`` to ignore any ``.env`` file (tests do).
     """
-    values: dict[str, str] = {}
-    if dotenv_path is not None and Path(dotenv_path).is_file():
-        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-    values.update(os.environ if environ is None else environ)
-    env = {k[len(PREFIX) :]: v for k, v in values.items() if k.startswith(PREFIX)}
+    return _load(_raw_values(environ, dotenv_path))
+
+
+def _load(env: Mapping[str, str]) -> Settings:
+    """Settings from prefix-less names; every name read goes through ``get``."""
 
     def get(key: str) -> str | None:
         raw = env.get(key)
@@ -383,6 +517,11 @@ def load_settings(
         kwargs["timezone"] = _timezone(v)
     if (v := get("FEEDS")) is not None:
         kwargs["feeds"] = _feeds(v)
+    return _load_rest(get, kwargs)
+
+
+def _load_rest(get: Callable[[str], str | None], kwargs: dict[str, object]) -> Settings:
+    """The second half of :func:`load_settings`: numbers, files, DKIM, limits."""
     for key, attr, minimum, maximum in (
         ("FEED_POLL_MINUTES", "feed_poll_minutes", 1, 7 * 24 * 60),  # a week
         ("MAX_STORIES", "max_stories", 1, 10_000),
@@ -413,6 +552,9 @@ def load_settings(
         raise ConfigError(f"{PREFIX}DKIM_KEY_FILE and {PREFIX}DKIM_SELECTOR must be set together")
     if "dkim_key_file" in kwargs and not Path(str(kwargs["dkim_key_file"])).is_file():
         raise ConfigError(f"{PREFIX}DKIM_KEY_FILE: no such file {kwargs['dkim_key_file']}")
+    _dkim_ed25519(get, kwargs)
+    if (v := get("DAILY_LIMIT")) is not None:
+        kwargs["daily_limit"] = _int(f"{PREFIX}DAILY_LIMIT", v, 0, 100_000_000)
     if (v := get("TEMPLATES_DIR")) is not None:
         if not Path(v).is_dir():
             raise ConfigError(f"{PREFIX}TEMPLATES_DIR: no such directory {v}")
@@ -440,4 +582,39 @@ def load_settings(
             except InvalidLimit as exc:
                 raise ConfigError(f"{PREFIX}{key}: {exc}") from None
             kwargs[attr] = v
+    if (v := get("LANGUAGE")) is not None:
+        kwargs["language"] = _language(v)
+    if (v := get("DIGEST_NOTE")) is not None:
+        kwargs["digest_note"] = _no_control(f"{PREFIX}DIGEST_NOTE", v)
+    _bounce_settings(get, kwargs)
+    kwargs["unset"] = frozenset(name for name in PLACEHOLDER_SETTINGS if name.lower() not in kwargs)
     return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+_SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}")
+
+
+def _bounce_settings(get: Callable[[str], str | None], kwargs: dict[str, object]) -> None:
+    """Bounce handling (issue 11): the VERP address, the mailbox, provider secrets."""
+    if (v := get("BOUNCE_ADDRESS")) is not None:
+        name = f"{PREFIX}BOUNCE_ADDRESS"
+        _no_control(name, v)
+        local, at, domain = v.rpartition("@")
+        if not (at and local and "." in domain and v.isascii()) or any(c in v for c in " <>+,"):
+            raise ConfigError(f"{name}: expected a plain address such as bounces@example.org")
+        kwargs["bounce_address"] = v
+    if (v := get("BOUNCE_MAILBOX")) is not None:
+        kwargs["bounce_mailbox"] = _no_control(f"{PREFIX}BOUNCE_MAILBOX", v)
+    if (v := get("BOUNCE_POLL_MINUTES")) is not None:
+        kwargs["bounce_poll_minutes"] = _int(f"{PREFIX}BOUNCE_POLL_MINUTES", v, 1, 7 * 24 * 60)
+    if (v := get("SOFT_BOUNCE_LIMIT")) is not None:
+        kwargs["soft_bounce_limit"] = _int(f"{PREFIX}SOFT_BOUNCE_LIMIT", v, 1, 1000)
+    for key in ("MAILGUN_SIGNING_KEY", "POSTMARK_WEBHOOK_TOKEN", "SENDGRID_PUBLIC_KEY"):
+        if (v := get(key)) is not None:
+            kwargs[key.lower()] = _no_control(PREFIX + key, v)
+    if (v := get("SES_TOPIC_ARNS")) is not None:
+        arns = tuple(a for a in re.split(r"[\s,]+", v) if a)
+        for arn in arns:
+            if not _SNS_ARN.fullmatch(arn):
+                raise ConfigError(f"{PREFIX}SES_TOPIC_ARNS: not an SNS topic ARN: {arn!r}")
+        kwargs["ses_topic_arns"] = arns

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import click
-from rich.table import Table
-from sqlalchemy import func, select
+from typing import TYPE_CHECKING
 
-from .. import delivery
-from ..delivery import lease_name, ledger
-from ..lease import current
-from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
+import click
+
 from .sendview import console, run_issue
-from .state import AppState, pass_state
+
+if TYPE_CHECKING:
+    from ..bounces.report import IssueBounces
+from .state import AppState, check_signing, pass_state, require_real_settings
 
 _STYLE = {"sent": "green", "sending": "yellow", "paused": "red", "cancelled": "dim"}
 
@@ -26,6 +25,12 @@ def issues_group() -> None:
 @pass_state
 def list_issues(state: AppState, limit: int) -> None:
     """The newest issues with their delivery counts."""
+
+    from rich.table import Table
+    from sqlalchemy import func, select
+
+    from ..models import Delivery, DeliveryStatus, Issue
+
     ctx = state.ctx
     with ctx.db.read() as session:
         issues = list(session.scalars(select(Issue).order_by(Issue.id.desc()).limit(limit)))
@@ -63,6 +68,15 @@ def list_issues(state: AppState, limit: int) -> None:
 @pass_state
 def show_issue(state: AppState, issue_id: int) -> None:
     """Everything about one issue: status and why, stories, deliveries, errors."""
+
+    from rich.table import Table
+    from sqlalchemy import func, select
+
+    from ..bounces.report import issue_bounces
+    from ..delivery import lease_name, ledger, quota
+    from ..lease import current
+    from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
+
     ctx = state.ctx
     with ctx.db.read() as session:
         issue = session.get(Issue, issue_id)
@@ -71,7 +85,10 @@ def show_issue(state: AppState, issue_id: int) -> None:
         counts = ledger.counts(session, issue_id)
         next_retry = ledger.next_retry(session, issue_id)
         holder = current(session, lease_name(issue_id))
+        quota_left = quota.allowance(session, ctx.settings, 1)
+        used = quota.used_today(session, ctx.settings) if ctx.settings.daily_limit else 0
         stories = [(link.story.id, link.story.title) for link in issue.stories]
+        came_back = issue_bounces(session, issue_id)
         errors = session.execute(
             select(Delivery.status, Delivery.last_code, Delivery.last_response, func.count())
             .where(
@@ -91,6 +108,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
         console.print(f"Status: [{style}]{issue.status.value}[/{style}]")
         if issue.status_reason:
             console.print(f"Reason: {issue.status_reason}")
+        if ctx.settings.daily_limit:
+            console.print(f"Daily limit: {used:,} of {ctx.settings.daily_limit:,} used today")
         for label, when in (
             ("Created", issue.created_at),
             ("Started", issue.started_at),
@@ -111,8 +130,11 @@ def show_issue(state: AppState, issue_id: int) -> None:
         table.add_row(kind.value, f"{counts[kind]:,}")
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values()):,}[/bold]")
     console.print(table)
+    _print_bounces(came_back)
     left = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
-    if left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
+    if left and status is IssueStatus.SENDING and quota_left is not None and quota_left.count == 0:
+        console.print(f"{left:,} queued until tomorrow: {quota_left.reason}")
+    elif left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
         retry = f", next retry {next_retry:%H:%M:%S} UTC" if next_retry else ""
         console.print(f"{left:,} still queued{retry}: run 'newsletter issues resume {issue_id}'")
     if errors:
@@ -122,11 +144,38 @@ def show_issue(state: AppState, issue_id: int) -> None:
         console.print(err)
 
 
+def _print_bounces(report: IssueBounces) -> None:
+    """Bounced/complained/policy counts after the 250 (issue 11), and the policy warning."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..models import BounceType
+
+    table = Table("After delivery", "Count")
+    for label, kind in (
+        ("Bounced (hard)", BounceType.HARD),
+        ("Soft bounces", BounceType.SOFT),
+        ("Complained", BounceType.COMPLAINT),
+        ("Policy (refused us)", BounceType.POLICY),
+    ):
+        table.add_row(label, f"{report.count(kind):,}")
+    console.print(table)
+    warning = report.policy_warning
+    if warning is not None:  # the diagnostic is a remote server's text: no markup
+        console.print(Text("Warning: " + warning, style="bold red"))
+
+
 @issues_group.command("resume")
 @click.argument("issue_id", type=int)
 @pass_state
 def resume_issue(state: AppState, issue_id: int) -> None:
     """Send what is left of an interrupted or paused issue (sent rows are never resent)."""
+
+    from .. import delivery
+
+    require_real_settings(state.ctx, "resume")
+
+    check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Resuming", delivery.resume)
 
 
@@ -135,6 +184,12 @@ def resume_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def retry_failed_issue(state: AppState, issue_id: int) -> None:
     """Queue permanently failed deliveries again and send them (bounces stay bounced)."""
+
+    from .. import delivery
+
+    require_real_settings(state.ctx, "retry")
+
+    check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Retrying", delivery.retry_failed)
 
 
@@ -144,6 +199,12 @@ def retry_failed_issue(state: AppState, issue_id: int) -> None:
 @pass_state
 def cancel_issue(state: AppState, issue_id: int, yes: bool) -> None:
     """Stop an issue for good; its stories become eligible for the next digest."""
+
+    from .. import delivery
+    from ..delivery import lease_name, ledger
+    from ..lease import current
+    from ..models import DeliveryStatus
+
     ctx = state.ctx
     if not yes:
         click.confirm(f"Cancel issue #{issue_id}? Nobody else will receive it", abort=True)

@@ -17,22 +17,16 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from jinja2 import TemplateError
 
-from ..context import Context
-from ..mail import (
-    GMAIL_CLIP_BYTES,
-    AlreadySentToday,
-    BuiltMessage,
-    DkimKeyError,
-    MessageFactory,
-    TemplateProblem,
-    build_issue,
-    local_today,
-)
-from .state import AppState, pass_state
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..mail import BuiltMessage
+
+
+from .state import AppState, check_signing, pass_state
 
 PREVIEW_SUBSCRIBER_ID = 0
 
@@ -62,23 +56,31 @@ def _part(data: bytes, subtype: str) -> str:
 
 
 def build_preview(
-    ctx: Context, *, name: str = "", today: date | None = None, to: str | None = None
+    ctx: Context,
+    *,
+    name: str = "",
+    today: date | None = None,
+    to: str | None = None,
+    editor_note: str | None = None,
 ) -> Preview | None:
     """The next digest for a sample reader, or None when nothing is new. Writes nothing.
 
     The token signer is made first: without a configured key it stores a generated
     one in its own transaction, which must not wait on our open one.
     """
+
+    from ..mail import AlreadySentToday, MessageFactory, build_issue, local_today
+
     ctx.tokens  # noqa: B018 - resolve (and maybe store) the secret key before locking
     session = ctx.db.session()
     try:
         day = today or local_today(ctx.settings)
         note = None
         try:
-            issue = build_issue(session, ctx, today=day)
+            issue = build_issue(session, ctx, today=day, note=editor_note)
         except AlreadySentToday as exc:
             note = f"{exc}; previewing the next digest instead"
-            issue = build_issue(session, ctx, today=day + timedelta(days=1))
+            issue = build_issue(session, ctx, today=day + timedelta(days=1), note=editor_note)
         if issue is None:
             return None
         factory = MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text)
@@ -104,12 +106,30 @@ def factory_domain(ctx: Context) -> str:
 @click.option("--eml", is_flag=True, help="Write the whole message (headers and both parts).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the result in a browser.")
 @click.option("--name", default="", help="Greet the sample reader by this name.")
+@click.option(
+    "--note",
+    metavar="TEXT",
+    help="An editor's note above the lead (default NEWSLETTER_DIGEST_NOTE).",
+)
 @pass_state
-def preview(state: AppState, output: Path | None, eml: bool, open_browser: bool, name: str) -> None:
+def preview(
+    state: AppState,
+    output: Path | None,
+    eml: bool,
+    open_browser: bool,
+    name: str,
+    note: str | None,
+) -> None:
     """Write the next digest as a subscriber would get it, without sending or recording it."""
+
+    from jinja2 import TemplateError
+
+    from ..mail import GMAIL_CLIP_BYTES, DkimKeyError, TemplateProblem
+
     ctx = state.ctx
+    check_signing(ctx.settings)  # the preview is signed as a reader's copy would be
     try:
-        result = build_preview(ctx, name=name)
+        result = build_preview(ctx, name=name, editor_note=note)
     except (TemplateProblem, TemplateError, DkimKeyError, ValueError) as exc:
         raise click.ClickException(f"cannot build the preview: {exc}") from None
     if result is None:

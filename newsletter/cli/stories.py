@@ -9,16 +9,7 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from ..stories import (
-    InvalidStory,
-    add_story,
-    import_sources,
-    list_stories,
-    set_featured,
-)
 from .state import AppState, pass_state
 
 # Ids are database integers: a larger number is a typo, not an OverflowError traceback.
@@ -51,6 +42,9 @@ def import_command(
     NEWSLETTER_BASE_URL) plus the file name's slug. Folders are read recursively.
     Importing again updates stories instead of duplicating them.
     """
+
+    from ..stories import import_sources
+
     ctx = state.ctx
     settings = ctx.settings
     article_base = settings.article_base_url
@@ -75,6 +69,8 @@ def import_command(
     summary = f"{report.added} added, {report.updated} updated"
     if feature:
         summary += " (featured)"
+    if report.left_out:
+        summary += f"; {report.left_out} sponsored item(s) left out of the featured stories"
     if report.failed:
         click.echo(f"{summary}; {len(report.failed)} source(s) failed", err=True)
         sys.exit(1)
@@ -86,7 +82,7 @@ def import_command(
 @click.option("--url", required=True, help="Link to the story (http or https).")
 @click.option("--summary", default="", help="A sentence or two, plain text.")
 @click.option("--image-url", default=None, help="Picture for the story (http or https).")
-@click.option("--author", default=None)
+@click.option("--author", default=None, help="Byline.")
 @click.option("--feature", is_flag=True, help="Mark it featured (goes into the next digest).")
 @pass_state
 def add_command(
@@ -102,6 +98,9 @@ def add_command(
 
     A story that already has this URL is updated instead of duplicated.
     """
+
+    from ..stories import InvalidStory, add_story
+
     ctx = state.ctx
     try:
         with ctx.db.write() as session:
@@ -124,6 +123,12 @@ def list_command(state: AppState, featured: bool, unsent: bool, limit: int | Non
 
     Columns: id, featured (★), published (in NEWSLETTER_TIMEZONE), title, source.
     """
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..stories import list_stories
+
     ctx = state.ctx
     tz = ctx.settings.tz
     out = sys.stdout  # click's runner swaps it in tests
@@ -164,6 +169,8 @@ def _source_label(source: str) -> str:
 
 
 def _feature(state: AppState, ids: tuple[int, ...], featured: bool) -> None:
+    from ..stories import set_featured
+
     with state.ctx.db.write() as session:
         missing = set(set_featured(session, ids, featured))
     applied = [i for i in dict.fromkeys(ids) if i not in missing]

@@ -79,13 +79,15 @@ def build_issue(
     story_ids: Sequence[int] | None = None,
     subject: str | None = None,
     today: date | None = None,
+    note: str | None = None,
 ) -> Issue | None:
     """Create the frozen issue (flushed, not committed), or None when nothing is new.
 
     ``story_ids=None`` builds today's digest; raises :class:`AlreadySentToday` when
     one exists.  With ``story_ids`` a manual issue of exactly those stories is
     built.  ``subject`` overrides the rendered one (refused if it could break a
-    header: ``ValueError``).
+    header: ``ValueError``).  ``note`` is the editor's note above the lead
+    (default: ``NEWSLETTER_DIGEST_NOTE`` for a digest, none for a manual issue).
     """
     settings = ctx.settings
     if subject is not None:
@@ -103,11 +105,13 @@ def build_issue(
         if not stories:
             return None
         kind, digest_date = IssueKind.DIGEST, day
+        if note is None:
+            note = settings.digest_note
     else:
         stories = _manual_stories(session, story_ids)
         kind, digest_date = IssueKind.MANUAL, None
 
-    rendered = render_issue(ctx, stories, day)
+    rendered = render_issue(ctx, stories, day, note)
     issue = Issue(
         kind=kind,
         subject=subject or rendered.subject,

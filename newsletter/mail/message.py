@@ -22,23 +22,27 @@ import binascii
 import html as html_module
 import itertools
 import operator
+import os
 import re
 import secrets
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from ..config import Settings
 from ..context import Context
 from . import headers
-from .dkim import DkimSigner
+from .dkim import BodyHasher, DkimSigner
 from .headers import clean_header_text, header_safe
 from .render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL, greeting_for, http_url
 
 __all__ = ["BuiltMessage", "MessageFactory", "build_single", "header_safe"]
 
 # Slots: indexes into the per-recipient values tuple.
-_TO, _DATE, _MSGID, _UNSUB, _GREET_TEXT, _GREET_HTML, _UNSUB_TEXT, _UNSUB_HTML = range(8)
+_TO, _DATE, _MSGID, _UNSUB, _GREET_TEXT, _GREET_HTML, _UNSUB_TEXT, _UNSUB_HTML, _TAG = range(9)
 _BODY_SLOTS = {
     ("text", GREETING): _GREET_TEXT,
     ("html", GREETING): _GREET_HTML,
@@ -50,12 +54,46 @@ _SOFT_BREAK = b"=\r\n"
 _QP_MAX = 76  # RFC 2045 6.7: encoded lines at most 76 octets, soft break included
 
 
-@dataclass(frozen=True, slots=True)
 class BuiltMessage:
-    """One recipient's message: CRLF bytes ready for SMTP DATA, and its Message-ID."""
+    """One recipient's message: CRLF bytes ready for SMTP DATA, and its Message-ID.
 
-    message_id: str
-    data: bytes
+    A signed message is not signed by whoever builds it.  From
+    :meth:`MessageFactory.build` the signing is handed to a few signing threads at
+    once (``future``: the engine builds ahead of its connections, so the signatures
+    are ready when a connection reads ``data``); otherwise (``sign``) it happens on
+    first read of ``data``.  ``cryptography`` releases the GIL during the private-key
+    operation, so signing threads and connection threads run on all cores while the
+    engine's main thread only fills in templates.
+
+    ``envelope_from`` is the VERP sender (``bounces+TAG@domain``) when
+    NEWSLETTER_BOUNCE_ADDRESS is set; None means NEWSLETTER_FROM's address.
+    """
+
+    __slots__ = ("_data", "_future", "_sign", "envelope_from", "message_id")
+
+    def __init__(
+        self,
+        message_id: str,
+        data: bytes,
+        sign: Callable[[bytes], bytes] | None = None,
+        future: Future[bytes] | None = None,
+        envelope_from: str | None = None,
+    ) -> None:
+        self.message_id = message_id
+        self.envelope_from = envelope_from
+        self._data = data
+        self._sign = sign
+        self._future = future
+
+    @property
+    def data(self) -> bytes:
+        if self._future is not None:
+            self._data, self._future = self._future.result(), None
+        sign = self._sign
+        if sign is not None:
+            self._sign = None
+            self._data = sign(self._data)
+        return self._data
 
 
 def qp(text: str) -> bytes:
@@ -116,6 +154,8 @@ class _Compiled:
         archive_url: str,
         list_unsubscribe: bool,
         fixed_unsubscribe_url: str | None = None,
+        feedback: str | None = None,
+        tagged: bool = False,
     ) -> None:
         settings = ctx.settings
         subject = clean_header_text(subject)
@@ -138,6 +178,10 @@ class _Compiled:
                 "ascii"
             ),
         ]
+        if tagged:  # names the delivery even when a relay rewrites the envelope
+            pieces += [b"X-Newsletter-Tag: ", _TAG, b"\r\n"]
+        if feedback is not None:  # verp.feedback_id: [A-Za-z0-9._:-] only
+            pieces.append(f"Feedback-ID: {feedback}\r\n".encode("ascii"))
         if list_unsubscribe:
             pieces += [
                 b"List-Unsubscribe: <",
@@ -147,6 +191,7 @@ class _Compiled:
         pieces.append(
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n\r\n'.encode()
         )
+        body_from = len(pieces)
         for part, body in (("text", text), ("html", html)):
             body = _normalise_newlines(body).replace(
                 ARCHIVE_URL, archive_url if part == "text" else html_module.escape(archive_url)
@@ -173,6 +218,30 @@ class _Compiled:
                 fmt += piece.replace(b"%", b"%%")
         self.format = bytes(fmt)
         self.pick = operator.itemgetter(*order)
+        self.body_pieces = pieces[body_from:]
+        self._hasher: BodyHasher | None = None
+
+    def signer(
+        self, signer: DkimSigner | None, values: tuple[bytes, ...]
+    ) -> Callable[[bytes], bytes] | None:
+        """What signs this recipient's bytes (``BuiltMessage.data``), or None unsigned."""
+        if signer is None:
+            return None
+        hasher = self.hasher()
+        if not hasher.exact:
+            return signer.sign
+        return lambda data: signer.sign(data, hasher.digest(values))
+
+    def hasher(self) -> BodyHasher:
+        if self._hasher is None:  # once per issue, and only when signing
+            self._hasher = BodyHasher(self.body_pieces)
+        return self._hasher
+
+
+def _list_name(settings: Settings) -> str:
+    """The list's short name for Feedback-ID: the List-Id's slug."""
+    value = headers.list_id(settings.site_name, settings.from_email)
+    return value.rpartition("<")[2].split(".", 1)[0]
 
 
 def _body_pieces(part: str, body: str) -> list[bytes | int]:
@@ -209,7 +278,17 @@ class _DateCache:
 class MessageFactory:
     """Per-issue compiled message; :meth:`build` is the per-recipient hot path."""
 
-    def __init__(self, ctx: Context, issue_id: int, subject: str, html: str, text: str) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        issue_id: int,
+        subject: str,
+        html: str,
+        text: str,
+        kind: str = "digest",
+    ) -> None:
+        from newsletter.bounces.verp import TagSigner, feedback_id
+
         settings = ctx.settings
         base = header_safe(settings.base_url)
         if http_url(base) is None:
@@ -222,8 +301,13 @@ class MessageFactory:
             text,
             archive_url=f"{base}/archive/{issue_id}",
             list_unsubscribe=True,
+            feedback=feedback_id(issue_id, kind, _list_name(settings), self._sender_domain(ctx)),
+            tagged=True,
         )
         self._domain = self._compiled.domain
+        self._tags = TagSigner(ctx.secret_key)
+        bounce = settings.bounce_address
+        self._verp = bounce.rpartition("@") if bounce else None
         self._tokens = ctx.tokens
         self._prefix = f"{base}/unsubscribe/"
         self._prefix_escapes = html_module.escape(self._prefix) != self._prefix
@@ -231,6 +315,10 @@ class MessageFactory:
         self._nonce = secrets.token_hex(5)
         self._counter = itertools.count(1)
         self._dates = _DateCache()
+
+    @staticmethod
+    def _sender_domain(ctx: Context) -> str:
+        return headers.addr_spec(ctx.settings.from_email).rpartition("@")[2]
 
     @property
     def signs(self) -> bool:
@@ -245,6 +333,7 @@ class MessageFactory:
             f"<{self.issue_id}.{subscriber_id}.{self._nonce}{next(self._counter)}@{self._domain}>"
         )
         url_qp = qp_open(url)
+        tag = self._tags.tag(self.issue_id, subscriber_id)
         values = (
             headers.address(name, email).encode("ascii"),
             self._dates.now(),
@@ -254,11 +343,36 @@ class MessageFactory:
             qp_open(html_module.escape(greeting)),
             url_qp,
             qp_open(html_module.escape(url)) if self._prefix_escapes else url_qp,
+            tag.encode("ascii"),
         )
         data = self._compiled.format % self._compiled.pick(values)
-        if self._signer is not None:
-            data = self._signer.sign(data)
-        return BuiltMessage(message_id, data)
+        verp = self._verp
+        envelope = f"{verp[0]}+{tag}@{verp[2]}" if verp is not None else None
+        sign = self._compiled.signer(self._signer, values)
+        if sign is not None and SIGN_AHEAD:
+            future = _signing_threads().submit(sign, data)
+            return BuiltMessage(message_id, b"", future=future, envelope_from=envelope)
+        return BuiltMessage(message_id, data, sign, envelope_from=envelope)
+
+
+SIGN_AHEAD = True  # False: sign in the thread that reads ``data`` (bench/bench_dkim.py compares)
+_THREADS: ThreadPoolExecutor | None = None
+_THREADS_GUARD = threading.Lock()
+
+
+def _signing_threads() -> ThreadPoolExecutor:
+    """One small pool per process, sized to the usable cores (made on first signed build)."""
+    global _THREADS
+    with _THREADS_GUARD:
+        if _THREADS is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:  # not Linux
+                cores = os.cpu_count() or 1
+            # twice the cores: a thread waiting to take the GIL back after its private-key
+            # operation must not leave a core idle
+            _THREADS = ThreadPoolExecutor(max_workers=2 * cores, thread_name_prefix="dkim")
+        return _THREADS
 
 
 def build_single(
@@ -287,6 +401,9 @@ def build_single(
             raise ValueError("unsubscribe_url must be an http(s) URL")
         unsubscribe_url = checked
     archive = f"{base}/archive/{issue_id}" if issue_id is not None else f"{base}/archive"
+    from newsletter.bounces.verp import feedback_id
+
+    sender = headers.addr_spec(settings.from_email).rpartition("@")[2]
     compiled = _Compiled(
         ctx,
         subject,
@@ -295,6 +412,7 @@ def build_single(
         archive_url=archive,
         list_unsubscribe=unsubscribe_url is not None,
         fixed_unsubscribe_url=None if unsubscribe_url is not None else f"{base}/",
+        feedback=feedback_id(issue_id or 0, "single", _list_name(settings), sender),
     )
     name = clean_header_text(to_name)
     greeting = greeting_for(name)
@@ -311,7 +429,5 @@ def build_single(
         qp_open(html_module.escape(url)),
     )
     data = compiled.format % compiled.pick(values)
-    signer = DkimSigner.from_settings(settings)
-    if signer is not None:
-        data = signer.sign(data)
-    return BuiltMessage(message_id, data)
+    sign = compiled.signer(DkimSigner.from_settings(settings), values)
+    return BuiltMessage(message_id, sign(data) if sign is not None else data)

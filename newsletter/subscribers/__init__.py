@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .store import find as find
     from .store import list_subscribers as list_subscribers
     from .store import mark_bounced as mark_bounced
+    from .store import may_mail as may_mail
     from .store import purge_expired_pending as purge_expired_pending
     from .store import remove as remove
     from .store import request_subscription as request_subscription
@@ -83,6 +84,7 @@ _SURFACE = {
     "purge_expired_pending": "store",
     "remove": "store",
     "request_subscription": "store",
+    "may_mail": "store",
     "signup_request": "store",
     "unsubscribe": "store",
 }

@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from email_validator import EmailNotValidError, validate_email
-
 NAME_MAX = 200  # the column's width; also keeps a To header sane
 EMAIL_MAX = 320  # longer input is rejected before it reaches the validator
 
@@ -44,6 +42,9 @@ def normalise_email(raw: str) -> str:
     lets a server treat it case-sensitively: in practice no mailbox provider
     does, and two rows for one person would mail them twice and break unsubscribe.
     """
+
+    from email_validator import EmailNotValidError, validate_email
+
     value = raw.strip()
     if not value:
         raise InvalidEmail(raw, "no address given")
@@ -120,3 +121,28 @@ def canonical_mailbox(email: str) -> str:
         local = local.replace(".", "") or local
         domain = "gmail.com"
     return f"{local}@{domain}"
+
+
+def reader_reason(raw: str) -> str:
+    """Why an address was refused, in words for the person who typed it.
+
+    email-validator's messages are written for developers ("The part after the
+    @-sign is not valid. It should have a period."); the form shows these instead.
+    """
+    text = raw.strip()
+    if not text:
+        return "Please enter your email address."
+    if any(c.isspace() for c in text):
+        return "Email addresses can't contain spaces. Please check it for typos."
+    if "@" not in text:
+        return "That address is missing an @."
+    if text.count("@") > 1:
+        return "That address has more than one @. Please enter just one address."
+    local, _, domain = text.partition("@")
+    if not local:
+        return "Something is missing before the @."
+    if not domain:
+        return "Something is missing after the @ (such as example.com)."
+    if "." not in domain.strip("."):
+        return "The part after the @ needs a dot, as in example.com."
+    return "That doesn't look like a complete email address. Please check it for typos."

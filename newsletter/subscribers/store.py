@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from ..models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 
 # Address and name rules live in .addresses; re-exported, callers use them from here.
 from .addresses import NAME_MAX as NAME_MAX
@@ -37,7 +37,9 @@ from .addresses import clean_name as clean_name
 from .addresses import normalise_email as normalise_email
 
 IP_MAX = 64
-SUPPRESSED = frozenset({SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED})
+SUPPRESSED = frozenset(
+    {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED}
+)
 
 
 class Suppressed(ValueError):
@@ -59,6 +61,8 @@ def suppression_reason(subscriber: Subscriber) -> str:
         return (
             f"bounced ({subscriber.bounce_count} bounce(s)): never re-added by the CLI or an import"
         )
+    if subscriber.status is SubscriberStatus.COMPLAINED:
+        return "reported our mail as spam: never mailed again, never re-added"
     when = subscriber.unsubscribed_at
     since = f" on {when:%Y-%m-%d}" if when is not None else ""
     return f"unsubscribed{since}: never re-added by the CLI or an import"
@@ -135,7 +139,9 @@ def signup_request(
       person can come back, but only by confirming (the address stays suppressed
       until then, and an unconfirmed request never turns it into a purgeable
       pending row);
-    * active: the row, with False: it gets an "already subscribed" email instead.
+    * active: the row, with False: it gets an "already subscribed" email instead;
+    * complained: the row, with False, and :func:`may_mail` is False for it:
+      someone who reported us as spam gets no mail, not even this.
 
     Returns (subscriber, needs a confirmation).  Every case writes the row the
     same way (``confirm_sent_at``, one flush), so that the time a request takes
@@ -164,6 +170,8 @@ def signup_request(
         session.add(subscriber)
         session.flush()
         return subscriber, True
+    if subscriber.status is SubscriberStatus.COMPLAINED:
+        return subscriber, False  # untouched: no open request may ever revive it
     if subscriber.status is SubscriberStatus.ACTIVE:
         subscriber.confirm_sent_at = now  # the same write as every other case
         session.flush()
@@ -205,6 +213,11 @@ def confirm(
     subscriber.unsubscribed_at = None
     session.flush()
     return subscriber
+
+
+def may_mail(subscriber: Subscriber) -> bool:
+    """False for someone who complained: no mail of any kind goes to them again."""
+    return subscriber.status is not SubscriberStatus.COMPLAINED
 
 
 def current_epoch(subscriber: Subscriber, epoch: int) -> bool:
@@ -295,8 +308,9 @@ def remove(
 ) -> Removal:
     """Unsubscribe ``email`` keeping the row, or with ``erase`` delete all their data.
 
-    Erasure deletes the subscriber row and every delivery row (which hold their
-    Message-IDs and SMTP replies that may quote the address).  Afterwards the
+    Erasure deletes the subscriber row, every delivery row (which hold their
+    Message-IDs and SMTP replies that may quote the address) and every recorded
+    bounce or complaint that names them or the address.  Afterwards the
     address is no longer known, so it is no longer suppressed either: that is
     what erasure means.  Raises :class:`UnknownSubscriber` / :class:`InvalidEmail`.
     """
@@ -310,6 +324,14 @@ def remove(
     deleted = session.execute(
         delete(Delivery)
         .where(Delivery.subscriber_id == subscriber.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(  # bounce reports quote the address, matched to this row or not
+        delete(BounceEvent)
+        .where(
+            (BounceEvent.subscriber_id == subscriber.id)
+            | (BounceEvent.recipient == subscriber.email)
+        )
         .execution_options(synchronize_session=False)
     )
     session.delete(subscriber)

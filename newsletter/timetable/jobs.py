@@ -61,6 +61,30 @@ def logged(name: str, job: Callable[[], Outcome]) -> Outcome | None:
     return outcome
 
 
+# --- bounces -------------------------------------------------------------------------
+
+
+@dataclass
+class BouncesRun(Outcome):
+    messages: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.by_type.items()))
+        return f"read {self.messages} message(s)" + (f": {kinds}" if kinds else "")
+
+
+def poll_bounces(ctx: Context) -> BouncesRun:
+    """Scan NEWSLETTER_BOUNCE_MAILBOX once (processed messages leave the inbox)."""
+    from newsletter.bounces.scan import scan
+
+    mailbox = ctx.settings.bounce_mailbox
+    if not mailbox:
+        return BouncesRun()
+    summary = scan(ctx, [mailbox])
+    return BouncesRun(summary.messages, summary.by_type)
+
+
 # --- feeds ---------------------------------------------------------------------------
 
 
@@ -112,6 +136,8 @@ def poll_feeds(ctx: Context, stop: threading.Event | None = None) -> FeedsRun:
                 run.unchanged += 1
             else:
                 run.new += result.added
+                if result.left_out:
+                    log.info("feeds: %s", result.describe())
     return run
 
 

@@ -36,7 +36,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from ..context import Context
-from . import guard, public
+from . import guard, public, webhooks
 from .confirmations import ConfirmationMailer
 from .guard import Limits
 from .public import HONEYPOT_FIELD
@@ -44,7 +44,7 @@ from .public import HONEYPOT_FIELD
 log = logging.getLogger("newsletter.web")
 
 FORM_MAX_BODY = 64 * 1024  # every form and JSON post of ours is far smaller
-WEBHOOK_MAX_BODY = 1024 * 1024  # provider event batches (SES, SendGrid) can be larger
+WEBHOOK_MAX_BODY = webhooks.MAX_BODY  # provider event batches: the webhooks set it per request
 
 
 class WebState:
@@ -97,22 +97,15 @@ def create_app(ctx: Context | None = None) -> Flask:
     state = WebState(ctx)
     app.extensions["newsletter"] = state
     guard.install(app)
-    app.before_request(_webhook_body_limit)
     app.jinja_env.globals.update(
+        language=ctx.settings.language,
         site_name=ctx.settings.site_name,
         postal_address=ctx.settings.postal_address,
         honeypot_field=HONEYPOT_FIELD,
     )
     app.register_blueprint(public.blueprint)
+    app.register_blueprint(webhooks.blueprint)
     return app
-
-
-def _webhook_body_limit() -> None:
-    """Provider webhooks (under /webhooks/) may post more than a form's 64 KiB."""
-    from flask import request
-
-    if request.path.startswith("/webhooks/"):
-        request.max_content_length = WEBHOOK_MAX_BODY
 
 
 def waitress_options(

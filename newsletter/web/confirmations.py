@@ -37,6 +37,7 @@ class Confirmation:
     name: str
     confirm_url: str
     already: bool = False  # an active reader: "you are already subscribed", no link
+    silent: bool = False  # built like any other (the same work) but never sent: a complainer
 
 
 def send_confirmation(
@@ -54,6 +55,9 @@ def send_confirmation(
     render = render_already_subscribed if item.already else render_confirmation
     rendered = render(ctx, "", item.confirm_url)
     built = build_single(ctx, item.email, "", rendered.subject, rendered.html, rendered.text)
+    if item.silent:
+        log.info("subscriber %s complained: the signup note is not sent", item.subscriber_id)
+        return True
     for delay in (*retry_delays, None):
         outcome = transport.send(ctx.settings.from_email, item.email, built.data)
         if outcome.outcome is Outcome.SENT:

@@ -8,11 +8,12 @@ this module never imports the factory that registers it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import TYPE_CHECKING, Any, overload
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, abort, current_app, render_template, request
 from sqlalchemy import select
 
 from .. import subscribers as subs
@@ -20,6 +21,7 @@ from ..context import Context
 from ..mail import addr_spec
 from ..models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from ..subscribers import ExpiredToken, InvalidToken
+from ..subscribers.addresses import reader_reason
 from . import guard
 from .confirmations import Confirmation
 from .guard import address_key, csrf_valid, error_page, ip_key, no_referrer
@@ -102,10 +104,10 @@ def subscribe() -> tuple[str, int]:
     raw_name = request.form.get("name", "")[:512]
     try:
         email = addr_spec(subs.normalise_email(raw_email))
-    except subs.InvalidEmail as exc:
+    except subs.InvalidEmail:
         return _page(
             "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
-            reason=exc.reason,
+            reason=reader_reason(raw_email),
         )  # fmt: skip
     except ValueError:  # valid, but unsafe in a header (an encoded word, ...)
         return _page(
@@ -118,6 +120,8 @@ def subscribe() -> tuple[str, int]:
     with state.write() as session:
         subscriber, needs_confirmation = subs.signup_request(session, email, name)
         mail = _confirmation_for(subscriber, already=not needs_confirmation)
+        if not subs.may_mail(subscriber):  # a complainer: built the same way, never sent
+            mail = dataclasses.replace(mail, silent=True)
     # Queued the same way for every address: a confirmation, or "already subscribed".
     state.mailer.submit(mail)
     return _page("check_inbox.html")
@@ -259,8 +263,8 @@ def archive() -> tuple[str, int]:
 
 
 @blueprint.get("/archive/<int:issue_id>")
-def archive_issue(issue_id: int) -> Response:
-    from ..mail import public_copy
+def archive_issue(issue_id: int) -> tuple[str, int]:
+    from ..mail.render import long_date, web_body
 
     ctx = _ctx()
     if issue_id > MAX_ISSUE_ID:
@@ -269,10 +273,14 @@ def archive_issue(issue_id: int) -> Response:
         issue = session.get(Issue, issue_id)
         if issue is None or issue.status != IssueStatus.SENT:
             abort(404)
-        # The frozen bytes, with the per-reader placeholders made neutral.
-        html = public_copy(issue.html, base_url=ctx.settings.base_url, issue_id=issue.id)
+        # The frozen bytes without the email-only parts, inside the site's own page.
+        styles, body = web_body(issue.html, base_url=ctx.settings.base_url, issue_id=issue.id)
+        day = issue.digest_date or (issue.finished_at or issue.created_at).date()
+        subject = issue.subject
     guard.archive_page()
-    return Response(html, mimetype="text/html")
+    return _page(
+        "issue.html", subject=subject, date_long=long_date(day), issue_styles=styles, body=body
+    )
 
 
 @blueprint.get("/healthz")

@@ -1,7 +1,7 @@
 """subscribers.epoch: confirm tokens tied to their moment (issue 16)
 
 Revision ID: 0006_security
-Revises: 0001
+Revises: 0002_bounces
 Create Date: 2026-12-01 09:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_security"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_bounces"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
