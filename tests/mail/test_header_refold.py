@@ -81,3 +81,14 @@ def test_plain_names_keep_their_text() -> None:
     assert phrase("J. R. Smith") == '"J. R. Smith"'
     # Quotes, backslashes, commas and @ go: escapes do not survive a re-fold.
     assert phrase('x\\", evil@attacker.example, "y') == '"x evil attacker.example y"'
+
+
+@pytest.mark.parametrize(
+    "address", ["=?utf-8?q?=0D=0ABcc=3A_x?=@example.com", "a=?b?=@example.com"]
+)
+def test_an_address_with_an_encoded_word_is_refused(address: str) -> None:
+    """Legal atext, but parsers decode it even in a local part (a CR/LF on re-fold)."""
+    from newsletter.mail.headers import addr_spec
+
+    with pytest.raises(ValueError, match="encoded word"):
+        addr_spec(address)
