@@ -8,6 +8,10 @@ bound moved by one, a header dropped), one at a time, to a scratch copy of
 the project, runs the matching tests with ``-x``, and prints the kill rate.
 The first eight are the survivors of issue 16's probe.
 
+Left out as equivalent: giving the unsubscribe and confirm serializers one salt.
+The two token formats differ (timed and untimed), so a token of one kind still
+fails to load as the other; no test can tell the mutant apart.
+
     .venv/bin/python bench/mutants.py            # all, about 10 minutes
     .venv/bin/python bench/mutants.py 1 2 3      # only these numbers
 """
@@ -29,6 +33,7 @@ DELIVERY = ["tests/delivery/test_delivery_defences.py", "tests/delivery"]
 HEADERS = ["tests/mail/test_message.py", "tests/mail/test_header_refold.py"]
 TOKENS = ["tests/subscribers", "tests/web/test_web.py", "tests/web/test_web_hostile.py"]
 GUARD = [
+    "tests/web/test_web_limits.py",
     "tests/web/test_web_guard.py",
     "tests/web/test_web_hostile.py",
     "tests/web/test_web.py",
@@ -149,12 +154,6 @@ MUTANTS = [
         "newsletter/subscribers/tokens.py",
         "value = self._confirm.loads(token, max_age=int(max_age.total_seconds()))",
         "value = self._confirm.loads(token)",
-        TOKENS,
-    ),
-    Mutant(
-        "newsletter/subscribers/tokens.py",
-        '_UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"',
-        '_UNSUBSCRIBE_SALT = "newsletter.confirm.v1"',
         TOKENS,
     ),
     Mutant(
