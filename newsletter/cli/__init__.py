@@ -8,6 +8,7 @@ with exit code 2 instead of a traceback.  Commands own their transactions.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import click
@@ -26,13 +27,16 @@ class _Group(click.Group):
     """
 
     def invoke(self, ctx: click.Context) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from ..db import error_reason
-
         try:
             return super().invoke(ctx)
-        except SQLAlchemyError as exc:
+        except Exception as exc:
+            # Not imported up front: ``--help`` must not load SQLAlchemy.  A command
+            # that met a database error has loaded it already.
+            errors = sys.modules.get("sqlalchemy.exc")
+            if errors is None or not isinstance(exc, errors.SQLAlchemyError):
+                raise
+            from ..db import error_reason
+
             logging.getLogger("newsletter").debug("database error", exc_info=True)
             raise click.ClickException(f"database error: {error_reason(exc)}") from None
 
