@@ -182,6 +182,9 @@ class Subscriber(Base):
     confirm_sent_at: Mapped[datetime | None]
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
     source: Mapped[str] = mapped_column(String(32), default="cli")  # web | cli | import
+    # Bumped on every unsubscribe and every new signup: a confirm token carries the
+    # epoch it was minted in, so a link from before the person left stays dead.
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Soft-bounce history lives in bounce_events (type soft, this subscriber_id).
     complained_at: Mapped[datetime | None]
 

@@ -156,6 +156,8 @@ def env(tmp_path: Path, database_url: str) -> dict[str, str]:
         "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
         "NEWSLETTER_POSTAL_ADDRESS": "1 Fleet Street, London EC4Y 1AA",
         "NEWSLETTER_SITE_NAME": "The Daily Digest",
+        # The tests' feed servers listen on 127.0.0.1, which production refuses (SSRF).
+        "NEWSLETTER_FEEDS_ALLOW_PRIVATE": "1",
     }
 
 

@@ -292,8 +292,11 @@ def _create(
         if issue is None:
             return None
         count = delivery.enqueue(session, issue.id)
-        console.print(f"Issue #{issue.id} frozen and queued for {count:,} subscribers.")
-        return issue.id
+        issue_id = issue.id
+    # Only now, after the commit: a write that fails (a full disk) must not have
+    # announced an issue that does not exist.
+    console.print(f"Issue #{issue_id} frozen and queued for {count:,} subscribers.")
+    return issue_id
 
 
 def _resume_instead(ctx: Context, issue_id: int, *, yes: bool, dry_run: bool, new: bool) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .render import GMAIL_CLIP_BYTES as GMAIL_CLIP_BYTES
     from .render import TemplateProblem as TemplateProblem
     from .render import public_copy as public_copy
+    from .render import render_already_subscribed as render_already_subscribed
     from .render import render_confirmation as render_confirmation
     from .render import render_issue as render_issue
 
@@ -55,6 +56,7 @@ _SURFACE = {
     "local_today": "digest",
     "next_issue_number": "digest",
     "public_copy": "render",
+    "render_already_subscribed": "render",
     "render_confirmation": "render",
     "render_issue": "render",
 }

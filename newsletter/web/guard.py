@@ -239,9 +239,11 @@ def ip_key(remote: str) -> str:
 
 
 def address_key(email: str) -> str:
-    """The per-target rate-limit key: ``victim+1@`` and ``victim+2@`` are one inbox."""
-    local, _, domain = email.rpartition("@")
-    return f"addr:{local.split('+', 1)[0] or local}@{domain}"
+    """The per-target rate-limit key: the canonical mailbox, so ``victim+1@``,
+    ``victim+2@`` and, at Gmail, ``v.ictim@`` are one inbox with one limit."""
+    from ..subscribers.addresses import canonical_mailbox
+
+    return f"addr:{canonical_mailbox(email)}"
 
 
 @dataclass(frozen=True)

@@ -383,7 +383,10 @@ def test_send_rate_is_honoured(open_ctx: Callable[..., Context], smtp_server: SM
     started = time.monotonic()
     assert delivery.send_issue(ctx, issue_id).ok
     elapsed = time.monotonic() - started
-    assert 0.65 <= elapsed < 3.0  # 30 messages at 40/s, one token of initial credit
+    # 30 messages at 40/s, one token of initial credit: a lower bound only (a loaded
+    # machine is slower, never faster; an upper bound would flake).
+    assert elapsed >= 0.65
+    assert len(smtp_server.messages) == 30
 
 
 def test_a_streak_of_permanent_failures_pauses_the_issue(

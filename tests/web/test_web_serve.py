@@ -77,23 +77,29 @@ def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(
 
 def test_sigterm_stops_cleanly_after_sending_queued_confirmations(tmp_path: Path) -> None:
     import asyncio
+    import threading
 
     from aiosmtpd.smtp import SMTP, Envelope, Session
     from conftest import RecordingHandler, start_smtp
 
-    class Slow(RecordingHandler):
-        """A mail server that takes its time, so confirmations are still queued at SIGTERM."""
+    gate = threading.Event()
+
+    class Held(RecordingHandler):
+        """A mail server that holds every DATA until the test opens the gate, so the
+        confirmations are certainly still queued when SIGTERM arrives (no timing)."""
 
         async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-            await asyncio.sleep(0.4)
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
             return await super().handle_DATA(server, session, envelope)
 
-    smtp = start_smtp(Slow())
+    smtp = start_smtp(Held())
     try:
         served = start_serve(tmp_path, smtp.url)
         for i in range(5):
             _subscribe(served.base, f"queued{i}@example.com")
-        assert len(smtp.messages) < 5  # some are still waiting in the queue
+        assert smtp.messages == []  # all five still queued (the first one held at DATA)
+        served.proc.terminate()  # SIGTERM first, then let the mail server answer
+        gate.set()
         assert served.stop() == 0, served.output
         sent = {r for m in smtp.messages for r in m.rcpt_tos}
         assert sent == {f"queued{i}@example.com" for i in range(5)}
