@@ -74,7 +74,13 @@ def build_preview(
     one in its own transaction, which must not wait on our open one.
     """
 
-    from ..mail import AlreadySentToday, MessageFactory, build_issue, local_today
+    from ..mail import (
+        AlreadySentToday,
+        MessageFactory,
+        build_issue,
+        local_today,
+        next_issue_number,
+    )
 
     ctx.tokens  # noqa: B018 - resolve (and maybe store) the secret key before locking
     session = ctx.db.session()
@@ -85,13 +91,15 @@ def build_preview(
             issue, note = _weekly_draft(session, ctx, day)
         else:
             try:
-                issue = build_issue(session, ctx, today=day, note=editor_note)
+                issue = build_issue(session, ctx, today=day, note=editor_note, record=False)
             except AlreadySentToday as exc:
                 note = f"{exc}; previewing the next digest instead"
-                issue = build_issue(session, ctx, today=day + timedelta(days=1), note=editor_note)
+                tomorrow = day + timedelta(days=1)
+                issue = build_issue(session, ctx, today=tomorrow, note=editor_note, record=False)
         if issue is None:
             return None
-        factory = MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text)
+        number = next_issue_number(session)
+        factory = MessageFactory(ctx, number, issue.subject, issue.html, issue.text)
         recipient = to or f"preview@{factory_domain(ctx)}"
         built = factory.build(PREVIEW_SUBSCRIBER_ID, recipient, name)
         return Preview(issue.subject, len(issue.stories), built, note)
@@ -105,10 +113,10 @@ def _weekly_draft(session: Session, ctx: Context, day: date) -> tuple[Issue | No
     from ..mail.weekly import AlreadySentThisWeek, build_weekly
 
     try:
-        return build_weekly(session, ctx, today=day), None
+        return build_weekly(session, ctx, today=day, record=False), None
     except AlreadySentThisWeek as exc:
         note = f"{exc}; previewing next week's instead"
-        return build_weekly(session, ctx, today=day + timedelta(days=7)), note
+        return build_weekly(session, ctx, today=day + timedelta(days=7), record=False), note
 
 
 def factory_domain(ctx: Context) -> str:

@@ -53,7 +53,7 @@ def send_weekly(
         return
     with _rolled_back(ctx) as session:
         try:
-            draft = build_weekly(session, ctx)
+            draft = build_weekly(session, ctx, record=False)
         except AlreadySentThisWeek as exc:
             console.print(f"This week's edition was already sent: {exc}. Nothing to do.")
             return

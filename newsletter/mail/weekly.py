@@ -96,11 +96,18 @@ def _render(ctx: Context, stories: list[Story], day: date) -> Rendered:
 
 
 def build_weekly(
-    session: Session, ctx: Context, *, today: date | None = None, now: datetime | None = None
+    session: Session,
+    ctx: Context,
+    *,
+    today: date | None = None,
+    now: datetime | None = None,
+    record: bool = True,
 ) -> Issue | None:
     """Freeze this week's edition (flushed, not committed), or None with no stories.
 
     Raises :class:`AlreadySentThisWeek` when the ISO week has its edition already.
+    ``record=False`` (previews, the draft shown before "send this?") returns it
+    unsaved, with no id, like ``digest.build_issue``.
     """
     now = now or utcnow()
     day = today or local_today(ctx.settings, now)
@@ -122,6 +129,8 @@ def build_weekly(
         edition_week=week,
     )
     issue.stories = [IssueStory(story=story, position=i) for i, story in enumerate(stories)]
+    if not record:
+        return issue
     try:
         with session.begin_nested():
             session.add(issue)

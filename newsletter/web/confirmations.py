@@ -37,7 +37,9 @@ class Confirmation:
     email: str
     name: str
     confirm_url: str
-    preferences_url: str | None = None
+    already: bool = False  # an active reader: "you are already subscribed", no link
+    silent: bool = False  # built like any other (the same work) but never sent: a complainer
+    preferences_url: str | None = None  # the reader's preferences page, linked in the email
 
 
 class Outgoing(Protocol):
@@ -57,10 +59,18 @@ def send_confirmation(
     A temporary failure (4xx, dropped connection) is retried after a short pause;
     anything else is logged and given up on: the person can ask again.
     """
-    from ..mail import build_single, render_confirmation
+    from ..mail import build_single, render_already_subscribed, render_confirmation
 
-    rendered = render_confirmation(ctx, item.name, item.confirm_url, item.preferences_url)
-    built = build_single(ctx, item.email, item.name, rendered.subject, rendered.html, rendered.text)
+    # No name: until the address is confirmed, the name is a stranger's text (anyone
+    # can type anyone's address), and To or "Hi <name>" would let them write to it.
+    if item.already:
+        rendered = render_already_subscribed(ctx, "", item.confirm_url)
+    else:
+        rendered = render_confirmation(ctx, "", item.confirm_url, item.preferences_url)
+    built = build_single(ctx, item.email, "", rendered.subject, rendered.html, rendered.text)
+    if item.silent:
+        log.info("subscriber %s: no mail to this address: the note is not sent", item.subscriber_id)
+        return True
     what = f"confirmation to subscriber {item.subscriber_id}"
     return deliver_single(ctx, transport, item.email, built.data, retry_delays, what)
 

@@ -1,7 +1,7 @@
 """readers: frequency, sections, pause; weekly editions; per-section-set renderings
 
 Revision ID: 0007_readers
-Revises: 0002_bounces
+Revises: 0006_security
 Create Date: 2026-12-01 09:30:00
 
 ``issues.kind`` gains ``weekly``: its CHECK constraint is rebuilt (SQLite through a
@@ -17,7 +17,7 @@ from alembic import op
 import newsletter.models
 
 revision: str = "0007_readers"
-down_revision: str | None = "0002_bounces"
+down_revision: str | None = "0006_security"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
