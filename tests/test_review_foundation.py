@@ -259,12 +259,11 @@ def test_same_story_over_http_and_https_is_one_story(ctx: Context, tmp_path: Pat
 
 
 def test_database_from_a_newer_release_is_a_one_line_error(cli_env: dict[str, str]) -> None:
-    import sqlite3
+    from _databases import query
 
     assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
-    db_file = cli_env["NEWSLETTER_DATABASE_URL"].removeprefix("sqlite:///")
-    with sqlite3.connect(db_file) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    url = cli_env["NEWSLETTER_DATABASE_URL"]
+    query(url, "UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
     result = CliRunner().invoke(main, ["stories", "list"])
     assert result.exit_code == 2, result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)

@@ -68,9 +68,31 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, bounces, dkim, preview, sending, server, stories, subscribers, timetable
+    from . import (
+        admin,
+        bounces,
+        dkim,
+        preview,
+        sending,
+        server,
+        stories,
+        subscribers,
+        timetable,
+        worker,
+    )
 
-    for module in (stories, subscribers, preview, sending, server, timetable, admin, dkim, bounces):
+    for module in (
+        stories,
+        subscribers,
+        preview,
+        sending,
+        worker,
+        server,
+        timetable,
+        admin,
+        dkim,
+        bounces,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .digest import UnknownStories as UnknownStories
     from .digest import build_issue as build_issue
     from .digest import local_today as local_today
+    from .digest import next_issue_number as next_issue_number
     from .dkim import DkimKeyError as DkimKeyError
     from .dkim import DkimSigner as DkimSigner
     from .headers import addr_spec as addr_spec
@@ -53,6 +54,7 @@ _SURFACE = {
     "clean_header_text": "headers",
     "header_safe": "headers",
     "local_today": "digest",
+    "next_issue_number": "digest",
     "public_copy": "render",
     "render_already_subscribed": "render",
     "render_confirmation": "render",

@@ -140,11 +140,15 @@ def csv_cell(value: str) -> str:
 
 
 def decode(data: bytes | str) -> str:
-    """UTF-8 text (BOM dropped), or :class:`CsvError` naming the first bad line."""
+    """UTF-8 text (BOM and NUL bytes dropped), or :class:`CsvError` naming the first bad line.
+
+    NUL bytes: PostgreSQL refuses them in text columns, and a spreadsheet export that
+    has them means nothing by them.
+    """
     if isinstance(data, str):
-        return data.removeprefix("\ufeff")
+        return data.removeprefix("\ufeff").replace("\x00", "")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\x00", "")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise CsvError(

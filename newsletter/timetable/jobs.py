@@ -319,10 +319,13 @@ def run_upkeep(
         for issue_id in ids:
             if stop is not None and stop.is_set():
                 break
+            with ctx.db.read() as session:
+                busy = bool(delivery.other_senders(session, issue_id))
+            if busy:  # live senders (workers) have it; they take back what a dead one left
+                run.busy.append(issue_id)
+                continue
             try:
                 run.resumed.append(delivery.send_issue(ctx, issue_id, stop=stop))
-            except delivery.LeaseHeld:
-                run.busy.append(issue_id)
             except delivery.IssueStateError:
                 continue  # cancelled or paused meanwhile: nothing to do
     finally:

@@ -52,7 +52,7 @@ class WebState:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.limits = Limits.from_settings(ctx.settings)
+        self.limits = Limits.from_settings(ctx.settings, ctx.db)
         self.mailer = ConfirmationMailer(ctx)
         self._write_lock = threading.Lock()
 

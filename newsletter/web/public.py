@@ -212,7 +212,7 @@ def resend(token: str) -> tuple[str, int]:
         if subscriber is None or not _can_resend(subscriber):
             # Purged, or left since: a fresh signup is the way back in.
             return _page("expired.html", token=token, known=False)
-        if not state.limits.per_address.hit(address_key(subscriber.email)):
+        if not state.limits.per_address.hit(address_key(subscriber.email), session):
             return error_page(429)
         again = subs.request_subscription(session, subscriber.email, subscriber.name)
         mail = _confirmation_for(again)

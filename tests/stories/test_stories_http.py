@@ -120,6 +120,7 @@ def test_import_feed_urls_with_a_failing_and_a_slow_one(
     assert sources_stored == {server.url("/guardian")}
 
 
+@pytest.mark.sqlite_only
 def test_fetching_does_not_hold_the_sqlite_write_lock(
     shared: Path, ctx: Context, server: FeedServer
 ) -> None:
