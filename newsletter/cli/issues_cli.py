@@ -69,7 +69,9 @@ def list_issues(state: AppState, limit: int) -> None:
 def show_issue(state: AppState, issue_id: int) -> None:
     """Everything about one issue: status and why, stories, deliveries, errors."""
 
+    from rich.markup import escape  # subjects, titles and server replies are not ours
     from rich.table import Table
+    from rich.text import Text
     from sqlalchemy import func, select
 
     from .. import delivery
@@ -106,10 +108,11 @@ def show_issue(state: AppState, issue_id: int) -> None:
         ).all()
         status = issue.status
         style = _STYLE.get(status.value, "white")
-        console.print(f"[bold]Issue #{issue.id}[/bold] ({issue.kind.value})  {issue.subject}")
+        subject = escape(issue.subject)
+        console.print(f"[bold]Issue #{issue.id}[/bold] ({issue.kind.value})  {subject}")
         console.print(f"Status: [{style}]{issue.status.value}[/{style}]")
         if issue.status_reason:
-            console.print(f"Reason: {issue.status_reason}")
+            console.print(f"Reason: {escape(issue.status_reason)}")
         if ctx.settings.daily_limit:
             console.print(f"Daily limit: {used:,} of {ctx.settings.daily_limit:,} used today")
         for label, when in (
@@ -123,7 +126,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
             console.print(f"Being sent by pid {pid} on {host} ({rows:,} rows in flight)")
     console.print(f"Stories ({len(stories)}):")
     for position, (story_id, title) in enumerate(stories, 1):
-        console.print(f"  {position}. {title}  [dim](#{story_id})[/dim]")
+        console.print(f"  {position}. {escape(title)}  [dim](#{story_id})[/dim]")
     if renderings:  # readers' section choices: one rendering per section set
         console.print(f"Section renderings ({len(renderings)}):")
         for line in renderings:
@@ -136,14 +139,16 @@ def show_issue(state: AppState, issue_id: int) -> None:
     _print_bounces(came_back)
     left = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
     if left and status is IssueStatus.SENDING and quota_left is not None and quota_left.count == 0:
-        console.print(f"{left:,} queued until tomorrow: {quota_left.reason}")
+        console.print(f"{left:,} queued until tomorrow: {escape(quota_left.reason or '')}")
     elif left and status in (IssueStatus.SENDING, IssueStatus.PAUSED):
         retry = f", next retry {next_retry:%H:%M:%S} UTC" if next_retry else ""
         console.print(f"{left:,} still queued{retry}: run 'newsletter issues resume {issue_id}'")
     if errors:
         err = Table("Status", "Server reply", "Recipients", title="Last server replies")
         for row_status, code, text, n in errors:
-            err.add_row(DeliveryStatus(row_status).value, f"{code or ''} {text}".strip(), f"{n:,}")
+            err.add_row(
+                DeliveryStatus(row_status).value, Text(f"{code or ''} {text}".strip()), f"{n:,}"
+            )
         console.print(err)
 
 

@@ -289,3 +289,20 @@ def test_demo_sends_the_sample_digest_into_the_outbox(
     assert "ada.reader@example.com" in recipients
     again = cli("demo")  # idempotent: nothing new, nobody mailed twice
     assert again.exit_code == 0 and len(list(outbox.iterdir())) == 4
+
+
+def test_issues_show_prints_feed_titles_and_server_replies_as_text(
+    cli: Callable[..., Result], cli_env: dict[str, str]
+) -> None:
+    """A story title (feed text) or a server's reply with rich markup is shown as written:
+    a feed must not be able to restyle or hide lines of the editor's terminal output."""
+    hostile = "Breaking [bold red]FAKE[/bold red] [link=https://evil.example]news[/link]"
+    added = cli("stories", "add", "--title", hostile, "--url", "https://ex.org/a", "--feature")
+    assert added.exit_code == 0, added.output
+    assert cli("subscribers", "add", "reader@example.org", "--confirmed").exit_code == 0
+    sent = cli("send", "--yes")
+    assert sent.exit_code in (0, 1), sent.output
+    shown = cli("issues", "show", "1")
+    assert shown.exit_code == 0, shown.output
+    assert "[bold red]FAKE[/bold red]" in shown.output
+    assert "[link=https://evil.example]news[/link]" in shown.output
