@@ -126,6 +126,10 @@ class Story(Base):
     source: Mapped[str] = mapped_column(String(2048), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The editor's order for the next digest (admin): the pinned story leads, then
+    # stories with a position in that order, then the rest newest first.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    position: Mapped[int | None] = mapped_column(Integer)
 
 
 class Subscriber(Base):
@@ -241,3 +245,35 @@ class AppState(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class User(Base):
+    """An editor who may log in to the admin app (``newsletter users add``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+
+class LoginEvent(Base):
+    """Every admin login attempt and logout: the audit log, and the throttle's memory.
+
+    Kept in the database (not in process memory) so that the per-account and per-IP
+    limits hold across processes and restarts.
+    """
+
+    __tablename__ = "login_events"
+    __table_args__ = (
+        Index("ix_login_events_account_at", "account", "at"),
+        Index("ix_login_events_ip_at", "ip", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(String(320))
+    ip: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | failed | throttled | logout
+    at: Mapped[datetime] = mapped_column(default=utcnow)

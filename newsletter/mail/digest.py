@@ -52,8 +52,11 @@ def local_today(settings: Settings, now: datetime | None = None) -> date:
 
 
 def select_stories(session: Session, settings: Settings) -> list[Story]:
-    """Featured, never in a non-cancelled digest, newest first, at most max_stories."""
-    return list_stories(session, featured=True, unsent=True, limit=settings.max_stories)
+    """Featured, never in a non-cancelled digest, at most max_stories, in the editor's
+    order: the pinned lead, then the positions set in the admin, then newest first."""
+    return list_stories(
+        session, featured=True, unsent=True, limit=settings.max_stories, editor_order=True
+    )
 
 
 def digest_for(session: Session, day: date) -> Issue | None:

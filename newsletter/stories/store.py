@@ -14,9 +14,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import ColumnElement, exists, func, or_, select
+from sqlalchemy import ColumnElement, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..db import Database
@@ -109,18 +110,41 @@ def unsent_clause() -> ColumnElement[bool]:
     )
 
 
+def editor_order_terms() -> list[Any]:
+    """ORDER BY terms of the next digest: pinned, positioned (ascending), then newest."""
+    return [
+        Story.pinned.desc(),
+        case((Story.position.is_(None), 1), else_=0),
+        Story.position,
+        func.coalesce(Story.published_at, Story.created_at).desc(),
+        Story.id.desc(),
+    ]
+
+
 def list_stories(
-    session: Session, featured: bool | None = None, unsent: bool = False, limit: int | None = None
+    session: Session,
+    featured: bool | None = None,
+    unsent: bool = False,
+    limit: int | None = None,
+    *,
+    editor_order: bool = False,
 ) -> list[Story]:
-    """Newest first (by publication time, else by when the story was added)."""
+    """Newest first (by publication time, else by when the story was added).
+
+    ``editor_order``: the next digest's order instead (pinned lead, then the
+    editor's positions; see :mod:`.order`).
+    """
     query = select(Story)
     if featured is not None:
         query = query.where(Story.featured.is_(featured))
     if unsent:
         query = query.where(unsent_clause())
-    query = query.order_by(
-        func.coalesce(Story.published_at, Story.created_at).desc(), Story.id.desc()
-    )
+    if editor_order:
+        query = query.order_by(*editor_order_terms())
+    else:
+        query = query.order_by(
+            func.coalesce(Story.published_at, Story.created_at).desc(), Story.id.desc()
+        )
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from ..context import Context
 from . import guard, public
+from .admin.views import admin_blueprint
 from .confirmations import ConfirmationMailer
 from .guard import Limits
 from .public import HONEYPOT_FIELD
@@ -94,6 +95,7 @@ def create_app(ctx: Context | None = None) -> Flask:
         honeypot_field=HONEYPOT_FIELD,
     )
     app.register_blueprint(public.blueprint)
+    app.register_blueprint(admin_blueprint())
     return app
 
 
