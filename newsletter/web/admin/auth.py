@@ -87,7 +87,8 @@ def guard() -> Any:
     who = _session_editor()
     if who is None:
         if not unsafe and request.endpoint not in API_ENDPOINTS:
-            target = url_for("admin.login", next=_safe_next(request.full_path))
+            expired = "1" if g.get("expired") else None
+            target = url_for("admin.login", next=_safe_next(request.full_path), expired=expired)
             return redirect(target, code=303)
         return _refuse(401)
     if unsafe and not csrf_valid():
