@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
@@ -70,6 +70,9 @@ class Settings:
     postal_address: str = "Set NEWSLETTER_POSTAL_ADDRESS to your postal address"
     dkim_key_file: Path | None = None
     dkim_selector: str | None = None
+    dkim_ed25519_key_file: Path | None = None
+    dkim_ed25519_selector: str | None = None
+    daily_limit: int = 0
     templates_dir: Path | None = None
     misfire_grace_seconds: int = 3600
     max_attempts: int = 5
@@ -87,6 +90,13 @@ class Settings:
     def from_header(self) -> str:
         """The From value as ``Name <addr>`` (encoding is message.py's job)."""
         return str(Address(display_name=self.from_name, addr_spec=self.from_email))
+
+    @property
+    def smtp_urls(self) -> tuple[str, ...]:
+        """NEWSLETTER_SMTP_URL's relays in the order they are tried (empty: Maildir)."""
+        if not self.smtp_url:
+            return ()
+        return tuple(u.strip() for u in self.smtp_url.split(",") if u.strip())
 
     @property
     def sender_domain(self) -> str:
@@ -207,6 +217,16 @@ def _database_url(value: str) -> str:
 
 
 def _smtp_url(value: str) -> str:
+    """One relay URL, or several comma-separated (tried in order)."""
+    urls = [u.strip() for u in value.split(",")]
+    if any(not u for u in urls):
+        raise ConfigError(f"{PREFIX}SMTP_URL: an empty entry in the comma-separated relay list")
+    for url in urls:
+        _one_smtp_url(url)
+    return ",".join(urls)
+
+
+def _one_smtp_url(value: str) -> str:
     try:
         parts = urlsplit(value)
     except ValueError as exc:
@@ -306,6 +326,30 @@ def _feeds(value: str) -> tuple[str, ...]:
     return feeds
 
 
+def _dkim_ed25519(get: Callable[[str], str | None], kwargs: dict[str, object]) -> None:
+    """NEWSLETTER_DKIM_ED25519_KEY_FILE and _SELECTOR: both or neither (RFC 8463 key)."""
+    key_file, selector = get("DKIM_ED25519_KEY_FILE"), get("DKIM_ED25519_SELECTOR")
+    if (key_file is None) != (selector is None):
+        given = "SELECTOR" if selector is not None else "KEY_FILE"
+        raise ConfigError(
+            f"{PREFIX}DKIM_ED25519_{given}: {PREFIX}DKIM_ED25519_KEY_FILE and _SELECTOR "
+            "must be set together"
+        )
+    if key_file is None or selector is None:
+        return
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", selector):
+        raise ConfigError(f"{PREFIX}DKIM_ED25519_SELECTOR: not a DNS label: {selector!r}")
+    if not Path(key_file).is_file():
+        raise ConfigError(f"{PREFIX}DKIM_ED25519_KEY_FILE: no such file {key_file}")
+    if selector == kwargs.get("dkim_selector"):
+        raise ConfigError(
+            f"{PREFIX}DKIM_ED25519_SELECTOR: must differ from {PREFIX}DKIM_SELECTOR "
+            "(each key is published under its own selector)"
+        )
+    kwargs["dkim_ed25519_key_file"] = Path(key_file)
+    kwargs["dkim_ed25519_selector"] = selector
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     dotenv_path: str | os.PathLike[str] | None = ".env",
@@ -354,6 +398,11 @@ def load_settings(
         kwargs["timezone"] = _timezone(v)
     if (v := get("FEEDS")) is not None:
         kwargs["feeds"] = _feeds(v)
+    return _load_rest(get, kwargs)
+
+
+def _load_rest(get: Callable[[str], str | None], kwargs: dict[str, object]) -> Settings:
+    """The second half of :func:`load_settings`: numbers, files, DKIM, limits."""
     for key, attr, minimum, maximum in (
         ("FEED_POLL_MINUTES", "feed_poll_minutes", 1, 7 * 24 * 60),  # a week
         ("MAX_STORIES", "max_stories", 1, 10_000),
@@ -380,6 +429,9 @@ def load_settings(
         raise ConfigError(f"{PREFIX}DKIM_KEY_FILE and {PREFIX}DKIM_SELECTOR must be set together")
     if "dkim_key_file" in kwargs and not Path(str(kwargs["dkim_key_file"])).is_file():
         raise ConfigError(f"{PREFIX}DKIM_KEY_FILE: no such file {kwargs['dkim_key_file']}")
+    _dkim_ed25519(get, kwargs)
+    if (v := get("DAILY_LIMIT")) is not None:
+        kwargs["daily_limit"] = _int(f"{PREFIX}DAILY_LIMIT", v, 0, 100_000_000)
     if (v := get("TEMPLATES_DIR")) is not None:
         if not Path(v).is_dir():
             raise ConfigError(f"{PREFIX}TEMPLATES_DIR: no such directory {v}")

@@ -10,29 +10,34 @@ they never take the write lock.
 
 Domain functions receive a session and never commit; callers use
 :meth:`Database.write` / :meth:`Database.read`, which own the transaction.
+
+Every command opens the database, so the schema check on open must be cheap: the
+revision in ``alembic_version`` is read with a plain query and compared with the
+head found by reading the migration files' ``revision`` / ``down_revision`` lines.
+Alembic itself (a quarter of a second to import) loads only when there is
+something to migrate.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from .config import Settings
 from .models import AppState
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -73,6 +78,8 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["engine"] = engine
@@ -80,12 +87,37 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision in ``alembic_version`` (None for an empty database), without Alembic."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    if len(rows) > 1:
+        raise SchemaError(f"the database has several schema heads: {', '.join(sorted(rows))}")
+    return str(rows[0]) if rows else None
 
 
-def head_revision(engine: Engine) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.MULTILINE)
+_QUOTED = re.compile(r"[\"']([^\"']+)[\"']")
+
+
+def head_revision(engine: Engine | None = None) -> str | None:
+    """The newest migration's revision, read from the files in ``migrations/versions``.
+
+    The head is the one revision no other migration names as its ``down_revision``
+    (a test checks that this agrees with Alembic's own answer).  ``engine`` is
+    accepted for compatibility and not used.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        for key, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            names = set(_QUOTED.findall(value))
+            (revisions if key == "revision" else parents).update(names)
+    heads = revisions - parents
+    if len(heads) > 1:
+        raise SchemaError(f"the migrations have several heads: {', '.join(sorted(heads))}")
+    return heads.pop() if heads else None
 
 
 class SchemaError(RuntimeError):
@@ -97,6 +129,9 @@ def upgrade(engine: Engine) -> bool:
     current = current_revision(engine)
     if current == head_revision(engine):
         return False
+    from alembic import command
+    from alembic.util import CommandError
+
     try:
         command.upgrade(alembic_config(engine), "head")
     except CommandError as exc:  # e.g. a database migrated by a newer release

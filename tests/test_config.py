@@ -104,6 +104,11 @@ BAD = [
     ("NEWSLETTER_SMTP_URL", "http://mail.example.com", "expected smtp://"),
     ("NEWSLETTER_SMTP_URL", "smtp://", "expected smtp://"),
     ("NEWSLETTER_SMTP_URL", "smtp://host:port", "port is not a number"),
+    ("NEWSLETTER_SMTP_URL", "smtp://a.example:587,,smtp://b.example", "an empty entry"),
+    ("NEWSLETTER_SMTP_URL", "smtp://a.example:587,http://b.example", "expected smtp://"),
+    ("NEWSLETTER_DAILY_LIMIT", "many", "expected a whole number"),
+    ("NEWSLETTER_DAILY_LIMIT", "-5", "at least 0"),
+    ("NEWSLETTER_DKIM_ED25519_SELECTOR", "ed1", "must be set together"),
     ("NEWSLETTER_FROM", "not an address", "expected 'Name <address@example.com>'"),
     ("NEWSLETTER_FROM", "News <news@>", ""),
     ("NEWSLETTER_FROM", "a@example.com, b@example.com", ""),
@@ -142,6 +147,29 @@ def test_bad_value_is_one_line_naming_the_setting(key: str, value: str, fragment
     assert message.startswith(f"{key}: ")
     assert fragment in message
     assert "\n" not in message and "\r" not in message
+
+
+def test_relay_list_and_ed25519_settings(tmp_path: Path) -> None:
+    s = load_settings(
+        {"NEWSLETTER_SMTP_URL": " smtp://a.example:587 , smtps://u:p@b.example:465"},
+        dotenv_path=None,
+    )
+    assert s.smtp_urls == ("smtp://a.example:587", "smtps://u:p@b.example:465")
+    assert load_settings({}, dotenv_path=None).smtp_urls == ()
+    key = tmp_path / "ed.pem"
+    key.write_text("x", encoding="utf-8")
+    env = {"NEWSLETTER_DKIM_ED25519_KEY_FILE": str(key), "NEWSLETTER_DKIM_ED25519_SELECTOR": "ed1"}
+    s = load_settings(env, dotenv_path=None)
+    assert (s.dkim_ed25519_key_file, s.dkim_ed25519_selector) == (key, "ed1")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(
+            {**env, "NEWSLETTER_DKIM_ED25519_KEY_FILE": str(tmp_path / "no")}, dotenv_path=None
+        )
+    with pytest.raises(ConfigError, match="must differ"):
+        load_settings(
+            {**env, "NEWSLETTER_DKIM_KEY_FILE": str(key), "NEWSLETTER_DKIM_SELECTOR": "ed1"},
+            dotenv_path=None,
+        )
 
 
 def test_dkim_settings_go_together(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..config import ConfigError, load_settings
-from ..db import current_revision, upgrade
 from .state import AppState, SettingsError, pass_state
 
 
@@ -20,6 +18,9 @@ def db_group() -> None:
 @pass_state
 def db_upgrade(state: AppState) -> None:
     """Apply pending migrations (also done automatically on first use)."""
+
+    from ..db import current_revision, upgrade
+
     ctx = state.ctx  # opening already migrates; report where we stand
     applied = upgrade(ctx.db.engine)
     click.echo(
@@ -43,6 +44,8 @@ def demo_command(preview: Path) -> None:
     Uses your settings (database, outbox, From...) but never NEWSLETTER_SMTP_URL:
     the demo writes standard message files and mails nobody.
     """
+
+    from ..config import ConfigError, load_settings
     from ..demo import run_demo
 
     try:

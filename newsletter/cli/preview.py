@@ -17,22 +17,16 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from jinja2 import TemplateError
 
-from ..context import Context
-from ..mail import (
-    GMAIL_CLIP_BYTES,
-    AlreadySentToday,
-    BuiltMessage,
-    DkimKeyError,
-    MessageFactory,
-    TemplateProblem,
-    build_issue,
-    local_today,
-)
-from .state import AppState, pass_state
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..mail import BuiltMessage
+
+
+from .state import AppState, check_signing, pass_state
 
 PREVIEW_SUBSCRIBER_ID = 0
 
@@ -69,6 +63,9 @@ def build_preview(
     The token signer is made first: without a configured key it stores a generated
     one in its own transaction, which must not wait on our open one.
     """
+
+    from ..mail import AlreadySentToday, MessageFactory, build_issue, local_today
+
     ctx.tokens  # noqa: B018 - resolve (and maybe store) the secret key before locking
     session = ctx.db.session()
     try:
@@ -107,7 +104,13 @@ def factory_domain(ctx: Context) -> str:
 @pass_state
 def preview(state: AppState, output: Path | None, eml: bool, open_browser: bool, name: str) -> None:
     """Write the next digest as a subscriber would get it, without sending or recording it."""
+
+    from jinja2 import TemplateError
+
+    from ..mail import GMAIL_CLIP_BYTES, DkimKeyError, TemplateProblem
+
     ctx = state.ctx
+    check_signing(ctx.settings)  # the preview is signed as a reader's copy would be
     try:
         result = build_preview(ctx, name=name)
     except (TemplateProblem, TemplateError, DkimKeyError, ValueError) as exc:

@@ -12,20 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from .. import delivery
-from ..context import Context
-from ..delivery import Outcome, open_transport
-from ..mail import AlreadySentToday, UnknownStories, build_issue, build_single
-from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
-from ..subscribers import InvalidEmail, normalise_email
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from ..context import Context
+    from ..models import DeliveryStatus
+
+
 from .issues_cli import issues_group
 from .sendview import console, run_issue
-from .state import AppState, pass_state
+from .state import AppState, check_signing, pass_state
 
 
 @dataclass
@@ -70,6 +70,9 @@ def _rolled_back(ctx: Context) -> Iterator[Session]:
 
 def _draft(ctx: Context, story_ids: list[int] | None, subject: str | None) -> Draft | None:
     """Render what would go out, then roll back: nothing is recorded."""
+
+    from ..mail import UnknownStories, build_issue
+
     with _rolled_back(ctx) as session:
         try:
             issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
@@ -84,6 +87,8 @@ def _draft(ctx: Context, story_ids: list[int] | None, subject: str | None) -> Dr
 
 
 def _existing(ctx: Context, issue_id: int) -> Draft:
+    from ..models import Issue
+
     with ctx.db.read() as session:
         issue = session.get(Issue, issue_id)
         assert issue is not None
@@ -103,6 +108,11 @@ def _show_draft(draft: Draft, recipients: int, via: str) -> None:
 def _send_test_copy(
     ctx: Context, to: str, story_ids: list[int] | None, subject: str | None, dry_run: bool
 ) -> None:
+    from .. import delivery
+    from ..delivery import Outcome, open_transport
+    from ..mail import AlreadySentToday, build_single
+    from ..subscribers import InvalidEmail, normalise_email
+
     try:
         address = normalise_email(to)
     except InvalidEmail as exc:
@@ -171,12 +181,17 @@ def send_command(
     or deliveries still queued, 3 paused by a policy refusal (5.7.x), 75 another
     process is sending.
     """
+
+    from .. import delivery
+    from ..mail import AlreadySentToday
+
     if more_ids and not stories:
         raise click.UsageError(
             f"unexpected arguments {' '.join(more_ids)} (story ids follow --story)"
         )
     story_ids = _parse_ids(stories + more_ids)
     ctx = state.ctx
+    check_signing(ctx.settings)  # before any issue exists
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
     if to is not None:
@@ -216,15 +231,20 @@ def send_command(
 
 def open_transport_description(ctx: Context) -> str:
     settings = ctx.settings
-    if settings.smtp_url:
+    if settings.smtp_urls:
         from ..delivery import SMTPTarget
 
-        return f"{SMTPTarget.parse(settings.smtp_url)} ({settings.smtp_connections} connections)"
+        relays = ", then ".join(str(SMTPTarget.parse(url)) for url in settings.smtp_urls)
+        return f"{relays} ({settings.smtp_connections} connections)"
     return f"Maildir outbox {settings.outbox}/ (no NEWSLETTER_SMTP_URL set)"
 
 
 def _create(ctx: Context, story_ids: list[int] | None, subject: str | None) -> int | None:
     """Freeze and enqueue in one transaction (or pick up an issue another process made)."""
+
+    from .. import delivery
+    from ..mail import AlreadySentToday, build_issue
+
     with ctx.db.write() as session:
         other = delivery.unfinished_issue(session)
         if other is not None:
@@ -243,6 +263,9 @@ def _create(ctx: Context, story_ids: list[int] | None, subject: str | None) -> i
 
 
 def _resume_instead(ctx: Context, issue_id: int, *, yes: bool, dry_run: bool, new: bool) -> None:
+    from .. import delivery
+    from ..models import DeliveryStatus, Issue, IssueStatus
+
     with ctx.db.read() as session:
         issue = session.get(Issue, issue_id)
         assert issue is not None
@@ -264,6 +287,10 @@ def _resume_instead(ctx: Context, issue_id: int, *, yes: bool, dry_run: bool, ne
 
 
 def _count(session: Session, issue_id: int, *statuses: DeliveryStatus) -> int:
+    from sqlalchemy import func, select
+
+    from ..models import Delivery
+
     return int(
         session.scalar(
             select(func.count())

@@ -11,37 +11,57 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING, Any, cast
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
-from ..context import Context
-from ..delivery import AlreadyFinished, IssueStateError, LeaseHeld, SendSummary
-from ..delivery import Progress as SendProgress
-from ..models import DeliveryStatus, IssueStatus
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    from ..context import Context
+    from ..delivery import Progress as SendProgress
+    from ..delivery import SendSummary
+
 
 EXIT_FAILURES = 1  # the issue ended with failed deliveries or some still queued
 EXIT_PAUSED = 3  # a 5.7.x refusal paused the issue: fix the cause, then resume
 EXIT_BUSY = 75  # another process is sending this issue (EX_TEMPFAIL: try later)
 
-console = Console(highlight=False)
+
+class _LazyConsole:
+    """rich's Console, made on first use: ``newsletter --help`` need not import rich."""
+
+    def __init__(self) -> None:
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        """The Console itself, for rich APIs that take one (``Progress(console=...)``)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        rate = task.fields.get("rate", 0.0)
-        return Text(f"{rate:,.0f} msg/s", style="cyan")
+_console = _LazyConsole()
+console = cast("Console", _console)
+
+
+def _rate_column() -> ProgressColumn:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class _RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            rate = task.fields.get("rate", 0.0)
+            return Text(f"{rate:,.0f} msg/s", style="cyan")
+
+    return _RateColumn()
 
 
 class Unfinished(click.ClickException):
@@ -92,15 +112,27 @@ def run_with_progress(
     label: str, action: Callable[[Callable[[SendProgress], None], threading.Event], SendSummary]
 ) -> SendSummary:
     """Run a send with a rich progress bar; translate lease/state errors to clear exits."""
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from ..delivery import AlreadyFinished, IssueStateError, LeaseHeld
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("[green]{task.fields[sent]:,} sent[/green] [red]{task.fields[failed]:,} failed"),
-        _RateColumn(),
+        _rate_column(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar, graceful_stop() as stop:
+    bar_console = _console.real()
+    with Progress(*columns, console=bar_console, transient=False) as bar, graceful_stop() as stop:
         task = bar.add_task(label, total=None, sent=0, failed=0, rate=0.0)
 
         def update(p: SendProgress) -> None:
@@ -143,6 +175,8 @@ def run_issue(
     ``finished_ok``: an issue another process finished meanwhile is fine (``send``).
     """
 
+    from ..delivery import AlreadyFinished
+
     def action(progress: Callable[[SendProgress], None], stop: threading.Event) -> SendSummary:
         return fn(ctx, issue_id, progress=progress, stop=stop)
 
@@ -158,6 +192,11 @@ def run_issue(
 
 def show_summary(summary: SendSummary) -> None:
     """The closing table, then exit non-zero if anything is not done."""
+
+    from rich.table import Table
+
+    from ..models import DeliveryStatus, IssueStatus
+
     c = summary.counts
     table = Table(title=f"Issue #{summary.issue_id}", show_header=False)
     table.add_column("what", style="bold")
@@ -177,6 +216,8 @@ def show_summary(summary: SendSummary) -> None:
     table.add_row("Rate", f"{summary.rate:,.0f} msg/s")
     if summary.run.retries:
         table.add_row("Temporary failures retried", f"{summary.run.retries:,}")
+    for relay, carried in summary.run.relays.items():
+        table.add_row(f"Carried by {relay}", f"{carried:,}")
     console.print(table)
     if summary.status is IssueStatus.PAUSED:
         raise Paused(
@@ -188,6 +229,11 @@ def show_summary(summary: SendSummary) -> None:
         raise Unfinished(
             f"issue #{summary.issue_id} was cancelled: {summary.left_queued:,} deliveries "
             f"will not be sent ({c[DeliveryStatus.SENT]:,} had already received it)",
+        )
+    if summary.left_queued and summary.until_tomorrow:
+        raise Unfinished(
+            f"{summary.left_queued:,} deliveries stay queued until tomorrow: {summary.run.reason}\n"
+            "The timetable's upkeep sends them after midnight (or run 'newsletter send' then)",
         )
     if summary.left_queued:
         when = (

@@ -6,12 +6,13 @@ without importing the group that registers them (no import circle).
 
 from __future__ import annotations
 
-import click
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING
 
-from ..config import ConfigError
-from ..context import Context
-from ..db import SchemaError
+import click
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..context import Context
 
 
 class SettingsError(click.ClickException):
@@ -29,6 +30,13 @@ class AppState:
     @property
     def ctx(self) -> Context:
         if self._ctx is None:
+            # Imported here, not at the top: ``--help`` must not pay for SQLAlchemy.
+            from sqlalchemy.exc import SQLAlchemyError
+
+            from ..config import ConfigError
+            from ..context import Context
+            from ..db import SchemaError
+
             try:
                 self._ctx = Context.open()
             except ConfigError as exc:
@@ -47,3 +55,16 @@ class AppState:
 
 
 pass_state = click.make_pass_decorator(AppState, ensure=True)
+
+
+def check_signing(settings: Settings) -> None:
+    """Load the DKIM keys now: a bad, encrypted or wrong-type key is a one-line error
+    (exit 2) before anything is created or sent; a short RSA key is a warning."""
+    from ..mail import DkimKeyError, DkimSigner
+
+    try:
+        signer = DkimSigner.from_settings(settings)
+    except DkimKeyError as exc:
+        raise SettingsError(str(exc)) from None
+    for warning in signer.warnings if signer is not None else ():
+        click.echo(f"warning: {warning}", err=True)

@@ -9,17 +9,8 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from ..stories import (
-    DEFAULT_TIMEOUT,
-    InvalidStory,
-    add_story,
-    import_sources,
-    list_stories,
-    set_featured,
-)
+from ..stories import DEFAULT_TIMEOUT
 from .state import AppState, pass_state
 
 # Ids are database integers: a larger number is a typo, not an OverflowError traceback.
@@ -53,6 +44,9 @@ def import_command(
     NEWSLETTER_BASE_URL) plus the file name's slug. Folders are read recursively.
     Importing again updates stories instead of duplicating them.
     """
+
+    from ..stories import import_sources
+
     ctx = state.ctx
     settings = ctx.settings
     article_base = settings.article_base_url
@@ -103,6 +97,9 @@ def add_command(
 
     A story that already has this URL is updated instead of duplicated.
     """
+
+    from ..stories import InvalidStory, add_story
+
     ctx = state.ctx
     try:
         with ctx.db.write() as session:
@@ -125,6 +122,12 @@ def list_command(state: AppState, featured: bool, unsent: bool, limit: int | Non
 
     Columns: id, featured (★), published (in NEWSLETTER_TIMEZONE), title, source.
     """
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..stories import list_stories
+
     ctx = state.ctx
     tz = ctx.settings.tz
     out = sys.stdout  # click's runner swaps it in tests
@@ -165,6 +168,8 @@ def _source_label(source: str) -> str:
 
 
 def _feature(state: AppState, ids: tuple[int, ...], featured: bool) -> None:
+    from ..stories import set_featured
+
     with state.ctx.db.write() as session:
         missing = set(set_featured(session, ids, featured))
     applied = [i for i in dict.fromkeys(ids) if i not in missing]

@@ -15,24 +15,46 @@ import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
-from rich.cells import cell_len
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from sqlalchemy.orm import Session
 
-from .. import subscribers as subs
-from ..models import SubscriberStatus
-from ..subscribers import CsvError, CsvReport, apply_import, export_csv, parse_csv
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from ..subscribers import CsvReport
+
+
 from .state import AppState, pass_state
 
-STATUS_CHOICE = click.Choice([s.value for s in SubscriberStatus], case_sensitive=False)
+
+class _StatusChoice(click.Choice[str]):
+    """The subscriber statuses, read from the models when first needed.
+
+    Only ``subscribers list --status`` needs them: the whole CLI's ``--help`` must
+    not import SQLAlchemy to build one option's choices.
+    """
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=False)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from ..models import SubscriberStatus
+
+        return tuple(status.value for status in SubscriberStatus)
+
+    @choices.setter
+    def choices(self, value: object) -> None:  # click's __init__ assigns; ours are computed
+        pass
+
+
+STATUS_CHOICE = _StatusChoice()
 
 
 def _address(value: str) -> str:
+    from .. import subscribers as subs
+
     try:
         return subs.normalise_email(value)
     except subs.InvalidEmail as exc:
@@ -51,6 +73,9 @@ def subscribers_group() -> None:
 @pass_state
 def add(state: AppState, email: str, name: str, confirmed: bool) -> None:
     """Add EMAIL as pending (or active with --confirmed)."""
+
+    from .. import subscribers as subs
+
     address = _address(email)
     with state.ctx.db.write() as session:
         before = subs.find(session, address)
@@ -80,6 +105,9 @@ def import_(state: AppState, file: IO[bytes], confirmed: bool) -> None:
     reactivated. Every rejected row is listed with its line number; the exit
     code is 1 when any row was rejected (the valid rows are still imported).
     """
+
+    from ..subscribers import CsvError, apply_import, parse_csv
+
     label = getattr(file, "name", "FILE")
     try:
         parsed = parse_csv(file.read())  # validate before taking the write lock
@@ -120,6 +148,9 @@ def _print_report(report: CsvReport, confirmed: bool) -> None:
 @pass_state
 def export(state: AppState, output: Path | None) -> None:
     """Write every subscriber as CSV: email,name,status,created_at,confirmed_at."""
+
+    from ..subscribers import export_csv
+
     with state.ctx.db.read() as session:
         if output is None:
             count = export_csv(session, sys.stdout)
@@ -137,6 +168,9 @@ def _export_to_file(session: Session, output: Path) -> int:
 
     The file is created owner-only (mkstemp's 0600): it is a list of personal data.
     """
+
+    from ..subscribers import export_csv
+
     directory = output.resolve().parent
     fd, temp = tempfile.mkstemp(prefix=f".{output.name}.", dir=directory)
     try:
@@ -155,6 +189,10 @@ def _export_to_file(session: Session, output: Path) -> int:
 @pass_state
 def list_(state: AppState, status: str | None, limit: int) -> None:
     """Print subscribers as a table, with a count."""
+
+    from .. import subscribers as subs
+    from ..models import SubscriberStatus
+
     wanted = SubscriberStatus(status.lower()) if status else None
     with state.ctx.db.read() as session:  # read the rows before the session ends
         rows = [
@@ -193,6 +231,12 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     a second.  Rich cells are ``Text``, not markup, so a name like ``[red]``
     prints as typed.  Piped output is as wide as the widest row: nothing is cut.
     """
+
+    from rich.cells import cell_len
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     if not rows:
         return
     widths = [max(cell_len(h), *(cell_len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
@@ -224,6 +268,10 @@ def remove(state: AppState, email: str, erase: bool, yes: bool) -> None:
     With --erase, delete the subscriber and their delivery records instead. The
     address is then unknown, so a later import could add it again.
     """
+
+    from .. import subscribers as subs
+    from ..models import SubscriberStatus
+
     address = _address(email)
     if erase and not yes:
         click.confirm(f"Erase every record of {address}? This cannot be undone", abort=True)

@@ -15,15 +15,16 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
-from .. import lease
-from ..config import ConfigError
-from ..context import Context
-from ..timetable import LEASE_NAME, LeaseLost, Timetable, planned_jobs
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..timetable import Timetable
+
 from .server import web_options
-from .state import AppState, SettingsError, pass_state
+from .state import AppState, SettingsError, check_signing, pass_state
 
 log = logging.getLogger("newsletter.scheduler")
 
@@ -75,6 +76,9 @@ def _stop_on_signals() -> Iterator[Callable[[], None]]:
 
 
 def _timetable(ctx: Context, blocking: bool) -> Timetable:
+    from ..config import ConfigError
+    from ..timetable import Timetable
+
     try:
         return Timetable(ctx, blocking=blocking)
     except ConfigError as exc:  # the timetable's own settings are checked here
@@ -82,6 +86,10 @@ def _timetable(ctx: Context, blocking: bool) -> Timetable:
 
 
 def _print_plan(state: AppState) -> None:
+    from .. import lease
+    from ..config import ConfigError
+    from ..timetable import LEASE_NAME, planned_jobs
+
     ctx = state.ctx
     try:
         plan = planned_jobs(ctx)
@@ -121,10 +129,15 @@ def schedule_command(state: AppState, list_only: bool) -> None:
     Only one timetable runs per database: if another process holds the lease this
     exits with status 1 and says which host and pid has it.
     """
+
+    from .. import lease
+    from ..timetable import LeaseLost
+
     if list_only:
         _print_plan(state)
         return
     ctx = state.ctx
+    check_signing(ctx.settings)  # its digests sign: a bad key fails now, not at 07:00
     _log_job_runs()
     timetable = _timetable(ctx, blocking=True)
     with _stop_on_signals():
@@ -156,6 +169,7 @@ def run_command(
     from ..web import create_app, serve
 
     ctx = state.ctx
+    check_signing(ctx.settings)
     _log_job_runs()
     timetable = _timetable(ctx, blocking=False)
     app = create_app(ctx)

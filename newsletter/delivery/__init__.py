@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import ledger as ledger
+    from . import quota as quota
     from .engine import Progress as Progress
     from .engine import lease_name as lease_name
     from .ledger import enqueue as enqueue
@@ -55,6 +56,7 @@ _SURFACE = {
     "enqueue": "ledger",
     "lease_name": "engine",
     "ledger": "ledger",
+    "quota": "quota",
     "open_transport": "transport",
     "resume": "send",
     "resume_unfinished": "send",

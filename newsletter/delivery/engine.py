@@ -27,7 +27,7 @@ from typing import Protocol
 from ..context import Context
 from ..lease import Holder, LeaseHeld, acquire
 from ..models import DeliveryStatus, IssueStatus, utcnow
-from . import ledger
+from . import ledger, quota
 from .ledger import Job, Result
 from .outcome import Outcome, SendOutcome, Transport
 from .ratelimit import TokenBucket, bucket_for
@@ -78,11 +78,12 @@ class RunStats:
     skipped: int = 0
     retries: int = 0
     exhausted: int = 0  # rows that used up this run's attempts: left queued
-    halt: str | None = None  # stop | pause | cancelled | lease | unreachable
+    halt: str | None = None  # stop | pause | cancelled | lease | unreachable | quota
     reason: str | None = None
     elapsed: float = 0.0
     last_retry_text: str | None = None
     error: BaseException | None = field(default=None, repr=False)
+    relays: dict[str, int] = field(default_factory=dict)  # relay -> messages it carried
 
 
 def lease_name(issue_id: int) -> str:
@@ -258,14 +259,23 @@ class Run:
             if due:  # their outcomes must be in the ledger (queued again) before re-claiming
                 self._flush()
             with self.ctx.db.write() as session:
-                if due:
-                    claim = ledger.claim_ids(session, self.issue_id, due)
-                else:
-                    claim = ledger.claim_next(session, self.issue_id, self.cursor, self.batch_size)
+                allowed = quota.allowance(session, self.ctx.settings, len(due) or self.batch_size)
+                if allowed.count and due:
+                    for sid in due[allowed.count :]:
+                        heapq.heappush(self.retry_heap, (now, sid))
+                    claim = ledger.claim_ids(session, self.issue_id, due[: allowed.count])
+                elif allowed.count:
+                    claim = ledger.claim_next(session, self.issue_id, self.cursor, allowed.count)
                     if claim.last_id is None and claim.issue_status is IssueStatus.SENDING:
                         self.keyset_done = True
                     elif claim.last_id is not None:
                         self.cursor = claim.last_id
+            if not allowed.count:  # the day's quota: wait for what is in flight, then stop
+                for sid in due:
+                    heapq.heappush(self.retry_heap, (now, sid))
+                if self.outstanding == 0:
+                    self._halt("quota", allowed.reason or "daily quota reached")
+                return
             if claim.issue_status is not IssueStatus.SENDING:
                 self._halt("cancelled", f"the issue is now {claim.issue_status}")
                 return
@@ -289,6 +299,8 @@ class Run:
         retry_at = None
         if kind is Outcome.SENT:
             self.stats.sent += 1
+            if outcome.relay is not None:
+                self.stats.relays[outcome.relay] = self.stats.relays.get(outcome.relay, 0) + 1
             self.failure_streak = 0
             self.consecutive_drops = 0
             self.throttles = 0
@@ -318,6 +330,8 @@ class Run:
                 )
         elif kind is Outcome.POLICY:
             self._halt("pause", outcome.text)
+        elif kind is Outcome.QUOTA:  # recorded by the ledger: no attempt, queued until tomorrow
+            self._halt("quota", quota.relay_reason(self.ctx.settings, outcome.text))
         self.buffer.append(Result(sid, outcome, built.message_id, retry_at))
 
     def _note_drop(self) -> None:

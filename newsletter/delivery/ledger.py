@@ -35,6 +35,7 @@ from ..models import (
 )
 from ..subscribers import mark_bounced
 from .outcome import Outcome, SendOutcome
+from .quota import note_relay_refusal
 
 D = cast(Table, Delivery.__table__)
 S = cast(Table, Subscriber.__table__)
@@ -191,6 +192,7 @@ _STATUS_FOR = {
     Outcome.SENT: DeliveryStatus.SENT,
     Outcome.RETRY: DeliveryStatus.QUEUED,
     Outcome.POLICY: DeliveryStatus.QUEUED,  # not the reader's fault: stays queued
+    Outcome.QUOTA: DeliveryStatus.QUEUED,  # the relay's daily quota: tomorrow, no attempt used
     Outcome.BOUNCE: DeliveryStatus.BOUNCED,
     Outcome.FAILED: DeliveryStatus.FAILED,
 }
@@ -223,7 +225,7 @@ def record(
                 "b_issue": issue_id,
                 "b_sid": r.subscriber_id,
                 "b_status": _STATUS_FOR[o.outcome].value,
-                "b_inc": 0 if o.outcome is Outcome.POLICY else 1,
+                "b_inc": 0 if o.outcome in (Outcome.POLICY, Outcome.QUOTA) else 1,
                 "b_next": r.retry_at if o.outcome is Outcome.RETRY else None,
                 "b_code": o.code,
                 "b_response": o.response[:500] if o.response else None,
@@ -231,6 +233,8 @@ def record(
                 "b_sent": now if sent else None,
             }
         )
+        if o.outcome is Outcome.QUOTA:
+            note_relay_refusal(session, o.text)
         if o.outcome is Outcome.BOUNCE:
             bounced.append(r.subscriber_id)
         elif o.outcome is Outcome.RETRY:

@@ -17,6 +17,7 @@ class Outcome(enum.StrEnum):
     RETRY = "retry"  # 4xx, a dropped connection or a timeout: try again later
     BOUNCE = "bounce"  # 5.1.x / 5.2.x: no such user / mailbox gone: never mail again
     POLICY = "policy"  # 5.7.x, authentication, TLS: the sender's problem: pause the issue
+    QUOTA = "quota"  # the relay's daily sending quota is used up: wait until tomorrow
     FAILED = "failed"  # any other permanent refusal of this one message
 
 
@@ -27,6 +28,8 @@ class SendOutcome:
     outcome: Outcome
     code: int | None
     response: str
+    relay: str | None = None  # which relay answered (its URL without the password)
+    relay_fault: bool = False  # failed while opening the session: the relay, not the message
 
     @property
     def text(self) -> str:  # "550 5.1.1 no such user", for logs, the ledger and the CLI

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ..context import Context
 from ..lease import Holder, LeaseHeld, acquire, release
 from ..models import DeliveryStatus, Issue, IssueStatus, Lease, Subscriber, SubscriberStatus, utcnow
-from . import ledger
+from . import ledger, quota
 from .engine import BuildFn, Progress, Run, RunStats, lease_name
 from .ledger import enqueue
 from .transport import Transport, open_transport
@@ -77,6 +77,11 @@ class SendSummary:
     @property
     def rate(self) -> float:
         return self.run.sent / self.run.elapsed if self.run.elapsed > 0 else 0.0
+
+    @property
+    def until_tomorrow(self) -> bool:
+        """Stopped by the daily quota (ours or the relay's): the rest wait for tomorrow."""
+        return self.run.halt == "quota"
 
     @property
     def ok(self) -> bool:
@@ -265,6 +270,7 @@ def resume(
         issue = get_issue(session, issue_id)
         if issue.status in (IssueStatus.SENT, IssueStatus.CANCELLED):
             raise _state_error(issue)
+        quota.clear_relay_refusal(session)  # a person resumes: let the relay answer again
         if issue.status is IssueStatus.PAUSED:
             issue.status = IssueStatus.SENDING
             issue.status_reason = None

@@ -7,7 +7,12 @@ from the first byte, certificates always verified; a drop or a 421 replaces the
 connection), else :class:`newsletter.delivery.outbox.MaildirOutbox`, the embedded default.
 
 Every reply is classified once, here (:func:`classify`): sent / retry / bounce / policy /
-failed.  The conversation is written by hand on smtplib's connection and reply parser, to
+quota / failed.  Several relays (``NEWSLETTER_SMTP_URL`` comma-separated) go through
+:class:`RelayPool`: tried in order, a relay that cannot be reached, fails TLS or
+authentication, keeps answering 421, refuses us by policy or says its daily quota is
+used up is set aside for a while, and the message goes to the next one at once.
+
+The conversation is written by hand on smtplib's connection and reply parser, to
 pipeline ``MAIL``/``RCPT``/``DATA`` in one round trip (RFC 2920) and dot-stuff with one
 ``bytes.replace``: that keeps the engine near the link's limit (``bench/bench_send.py``).
 """
@@ -16,18 +21,23 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import logging
 import re
 import smtplib
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from urllib.parse import unquote, urlsplit
 
 from ..config import Settings
 from .outcome import Outcome as Outcome
 from .outcome import SendOutcome as SendOutcome
 from .outcome import Transport as Transport
+
+log = logging.getLogger(__name__)
+
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _AUTH_CODES = frozenset({530, 534, 535, 538})  # RFC 4954: authentication required/failed
@@ -36,15 +46,37 @@ DATA_DONE_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the reply to the end of DATA ma
 _EXPECTED = {"mail": (250,), "rcpt": (250, 251), "data": (354,)}  # anything else ends the try
 
 
+# A relay's own daily quota, in the words relays use: Gmail "4.7.0 ... Daily sending quota
+# exceeded" and "5.4.5 Daily user sending quota exceeded", SES "Daily message quota
+# exceeded" / "Sending quota exceeded", Microsoft 365 "5.1.90 ... reached your daily limit
+# for message recipients", "daily sending limit".  A reader's full mailbox ("over quota",
+# "mailbox quota exceeded") does not match: it names neither a day nor sending.
+_QUOTA = re.compile(
+    r"\b(?:daily|per[- ]day|24[- ]hours?)\b[^.;]{0,40}?\b(?:quota|limit)"
+    r"|\b(?:quota|limit)\b[^.;]{0,40}?\b(?:daily|per[- ]day|24[- ]hours?|for today)\b"
+    r"|\bsending (?:quota|limit)\b",
+    re.IGNORECASE,
+)
+
+
+def is_quota_refusal(response: str) -> bool:
+    """Does this refusal say the relay's daily sending quota is used up?"""
+    return _QUOTA.search(response) is not None
+
+
 def classify(code: int, response: str, stage: str = "data") -> Outcome:
     """Map an SMTP reply at ``stage`` (session/mail/rcpt/data) to an :class:`Outcome`.
 
     The enhanced status code (RFC 3463) decides when present: 550 is used both for "no
     such user" (5.1.1) and for "looks like spam" (5.7.1).  Without one, a 550/551/553 to
-    ``RCPT`` is a mailbox problem and the authentication codes a policy problem.
+    ``RCPT`` is a mailbox problem and the authentication codes a policy problem.  A
+    relay's daily-quota refusal is :attr:`Outcome.QUOTA` whatever its code (Microsoft
+    gives it a 5.1.x, which would otherwise bounce the reader).
     """
     if 200 <= code < 300:
         return Outcome.SENT
+    if code >= 400 and is_quota_refusal(response):
+        return Outcome.QUOTA
     if code < 500:  # 4xx, and nonsense codes: try again later rather than lose a reader
         return Outcome.RETRY
     if stage in ("session", "mail"):
@@ -210,7 +242,7 @@ class SMTPConnection:
         refusal: SendOutcome | None = None
         for stage, (code, msg) in zip(_EXPECTED, replies, strict=False):
             if code == 421:
-                raise _Refused(SendOutcome(Outcome.RETRY, code, _decode(msg)))
+                raise _Refused(_closing(_decode(msg)))
             if refusal is None and code not in _EXPECTED[stage]:
                 text = _decode(msg)
                 if code < 400:  # e.g. 252 to RCPT: out of step (perhaps in DATA): hang up
@@ -230,7 +262,7 @@ class SMTPConnection:
         smtp.sock.settimeout(self.timeout)
         text = _decode(msg)
         if code == 421:
-            raise _Refused(SendOutcome(Outcome.RETRY, code, text))
+            raise _Refused(_closing(text))
         self.dirty = False
         return SendOutcome(classify(code, text), code, text)
 
@@ -253,6 +285,11 @@ class SMTPConnection:
             pass  # closing a connection that is already gone: nothing to report
         finally:
             self.smtp.close()
+
+
+def _closing(text: str) -> SendOutcome:
+    """A 421 (the server closes the channel): retry later, or its quota is used up."""
+    return SendOutcome(Outcome.QUOTA if is_quota_refusal(text) else Outcome.RETRY, 421, text)
 
 
 def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
@@ -292,6 +329,7 @@ class SMTPPool:
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.target = SMTPTarget.parse(url)
+        self.name = str(self.target)
         self.settings = settings
         self.concurrency = settings.smtp_connections
         self.description = f"{self.target} ({self.concurrency} connections)"
@@ -301,48 +339,54 @@ class SMTPPool:
         self._closed = False
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
+        """One message; the outcome names this relay, and whether opening a session failed."""
         with self._slots:
             with self._lock:
                 if self._closed:
                     raise RuntimeError("transport is closed")
                 conn = self._idle.pop() if self._idle else None
+            opening = conn is None
             try:
                 if conn is None:
                     conn = SMTPConnection(self.target, self.settings)
+                    opening = False
                 outcome = conn.send(envelope_from, recipient, data)
             except _Refused as refused:
                 if conn is not None:
                     conn.close()
                     conn = None
-                return refused.outcome
+                return self._mark(refused.outcome, opening)
             except ssl.SSLCertVerificationError as exc:
                 if conn is not None:
                     conn.close()
-                return SendOutcome(
-                    Outcome.POLICY, None, f"TLS certificate of {self.target.host}: {exc}"
-                )
+                text = f"TLS certificate of {self.target.host}: {exc}"
+                return self._mark(SendOutcome(Outcome.POLICY, None, text), opening)
             except smtplib.SMTPAuthenticationError as exc:
                 text = _decode(exc.smtp_error)
                 kind = Outcome.RETRY if exc.smtp_code < 500 else Outcome.POLICY
-                return SendOutcome(kind, exc.smtp_code, f"AUTH: {text}")
+                return self._mark(SendOutcome(kind, exc.smtp_code, f"AUTH: {text}"), opening)
             except smtplib.SMTPNotSupportedError as exc:
-                return SendOutcome(Outcome.POLICY, None, f"{self.target.host}: {exc}")
+                text = f"{self.target.host}: {exc}"
+                return self._mark(SendOutcome(Outcome.POLICY, None, text), opening)
             except smtplib.SMTPResponseException as exc:
                 if conn is not None:
                     conn.close()
                 text = _decode(exc.smtp_error)
                 kind = classify(exc.smtp_code, text, "session")
-                return SendOutcome(kind, exc.smtp_code, text)
+                return self._mark(SendOutcome(kind, exc.smtp_code, text), opening)
             except (OSError, smtplib.SMTPException) as exc:  # dropped, refused, timed out
                 if conn is not None:
                     conn.close()
-                return SendOutcome(Outcome.RETRY, None, _describe(exc))
+                return self._mark(SendOutcome(Outcome.RETRY, None, _describe(exc)), opening)
             with self._lock:
                 if self._closed:
                     conn.close()
                 else:
                     self._idle.append(conn)
-            return outcome
+            return self._mark(outcome, False)
+
+    def _mark(self, outcome: SendOutcome, opening: bool) -> SendOutcome:
+        return replace(outcome, relay=self.name, relay_fault=opening)
 
     def close(self) -> None:
         with self._lock:
@@ -359,9 +403,100 @@ def _describe(exc: BaseException) -> str:
 
 
 def open_transport(settings: Settings) -> Transport:
-    """The SMTP pool for ``NEWSLETTER_SMTP_URL``, else the Maildir outbox."""
-    if settings.smtp_url:
-        return SMTPPool(settings, settings.smtp_url)
+    """The SMTP pool for ``NEWSLETTER_SMTP_URL`` (relays for a list), else the Maildir."""
+    urls = settings.smtp_urls
+    if len(urls) > 1:
+        return RelayPool(settings, urls)
+    if urls:
+        return SMTPPool(settings, urls[0])
     from .outbox import MaildirOutbox
 
     return MaildirOutbox(settings.outbox)
+
+
+SET_ASIDE_FIRST = 30.0  # seconds a failing relay is set aside the first time...
+SET_ASIDE_MAX = 600.0  # ...doubling each time in a row, up to this
+STREAK_421 = 3  # 421s in a row (on open sessions) before a relay counts as failing
+
+
+class _Relay:
+    def __init__(self, pool: SMTPPool) -> None:
+        self.pool = pool
+        self.down_until = 0.0  # monotonic; 0: in service
+        self.failures = 0  # set-asides in a row
+        self.closing_streak = 0
+        self.why = ""
+
+
+class RelayPool:
+    """Several relays tried in order; a failing one is set aside and the next takes over.
+
+    Failing means: the session could not be opened (connection refused, timeout, TLS,
+    authentication, a 4xx/5xx greeting or EHLO), :data:`STREAK_421` 421s in a row, a
+    policy refusal (5.7.x) or a daily-quota refusal.  Those messages were not accepted,
+    so the same message goes to the next relay at once (no duplicate).  A relay is set
+    aside for :data:`SET_ASIDE_FIRST` seconds, doubling to :data:`SET_ASIDE_MAX` (until
+    local midnight after a quota refusal); the first relay in the list that is in
+    service carries the send.  When every relay has failed, the last one's answer is
+    returned: a 5.7.x from the last relay pauses the issue as with a single relay.
+    """
+
+    def __init__(self, settings: Settings, urls: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.relays = [_Relay(SMTPPool(settings, url)) for url in urls]
+        self.concurrency = settings.smtp_connections
+        names = ", then ".join(r.pool.name for r in self.relays)
+        self.description = f"{names} ({self.concurrency} connections)"
+        self._lock = threading.Lock()
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
+        outcome: SendOutcome | None = None
+        for relay in self._candidates():
+            outcome = relay.pool.send(envelope_from, recipient, data)
+            if not self._failing(relay, outcome):
+                return outcome
+        assert outcome is not None
+        return outcome
+
+    def _candidates(self) -> list[_Relay]:
+        """Relays in service, in order; none: the one whose time-out ends first."""
+        now = time.monotonic()
+        with self._lock:
+            ready = [r for r in self.relays if r.down_until <= now]
+            return ready or [min(self.relays, key=lambda r: r.down_until)]
+
+    def _failing(self, relay: _Relay, outcome: SendOutcome) -> bool:
+        """Note the outcome; True when the relay is set aside (try the next one)."""
+        kind = outcome.outcome
+        with self._lock:
+            if outcome.code == 421 and not outcome.relay_fault and kind is Outcome.RETRY:
+                relay.closing_streak += 1
+                failing = relay.closing_streak >= STREAK_421
+            else:
+                relay.closing_streak = 0
+                failing = outcome.relay_fault or kind in (Outcome.POLICY, Outcome.QUOTA)
+            if not failing:
+                if kind is Outcome.SENT:
+                    relay.failures = 0
+                return False
+            relay.failures += 1
+            relay.closing_streak = 0
+            pause = min(SET_ASIDE_MAX, SET_ASIDE_FIRST * 2 ** (relay.failures - 1))
+            if kind is Outcome.QUOTA:
+                pause = max(pause, _seconds_to_midnight(self.settings))
+            relay.down_until = time.monotonic() + pause
+            relay.why = outcome.text
+        log.warning("relay %s set aside for %.0f s: %s", relay.pool.name, pause, outcome.text)
+        return True
+
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.pool.close()
+
+
+def _seconds_to_midnight(settings: Settings) -> float:
+    from datetime import datetime, timedelta
+
+    now = datetime.now(settings.tz)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(60.0, (midnight - now).total_seconds())

@@ -22,16 +22,19 @@ import binascii
 import html as html_module
 import itertools
 import operator
+import os
 import re
 import secrets
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from ..context import Context
 from . import headers
-from .dkim import DkimSigner
+from .dkim import BodyHasher, DkimSigner
 from .headers import clean_header_text, header_safe
 from .render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL, greeting_for, http_url
 
@@ -50,12 +53,41 @@ _SOFT_BREAK = b"=\r\n"
 _QP_MAX = 76  # RFC 2045 6.7: encoded lines at most 76 octets, soft break included
 
 
-@dataclass(frozen=True, slots=True)
 class BuiltMessage:
-    """One recipient's message: CRLF bytes ready for SMTP DATA, and its Message-ID."""
+    """One recipient's message: CRLF bytes ready for SMTP DATA, and its Message-ID.
 
-    message_id: str
-    data: bytes
+    A signed message is not signed by whoever builds it.  From
+    :meth:`MessageFactory.build` the signing is handed to a few signing threads at
+    once (``future``: the engine builds ahead of its connections, so the signatures
+    are ready when a connection reads ``data``); otherwise (``sign``) it happens on
+    first read of ``data``.  ``cryptography`` releases the GIL during the private-key
+    operation, so signing threads and connection threads run on all cores while the
+    engine's main thread only fills in templates.
+    """
+
+    __slots__ = ("_data", "_future", "_sign", "message_id")
+
+    def __init__(
+        self,
+        message_id: str,
+        data: bytes,
+        sign: Callable[[bytes], bytes] | None = None,
+        future: Future[bytes] | None = None,
+    ) -> None:
+        self.message_id = message_id
+        self._data = data
+        self._sign = sign
+        self._future = future
+
+    @property
+    def data(self) -> bytes:
+        if self._future is not None:
+            self._data, self._future = self._future.result(), None
+        sign = self._sign
+        if sign is not None:
+            self._sign = None
+            self._data = sign(self._data)
+        return self._data
 
 
 def qp(text: str) -> bytes:
@@ -147,6 +179,7 @@ class _Compiled:
         pieces.append(
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n\r\n'.encode()
         )
+        body_from = len(pieces)
         for part, body in (("text", text), ("html", html)):
             body = _normalise_newlines(body).replace(
                 ARCHIVE_URL, archive_url if part == "text" else html_module.escape(archive_url)
@@ -173,6 +206,24 @@ class _Compiled:
                 fmt += piece.replace(b"%", b"%%")
         self.format = bytes(fmt)
         self.pick = operator.itemgetter(*order)
+        self.body_pieces = pieces[body_from:]
+        self._hasher: BodyHasher | None = None
+
+    def signer(
+        self, signer: DkimSigner | None, values: tuple[bytes, ...]
+    ) -> Callable[[bytes], bytes] | None:
+        """What signs this recipient's bytes (``BuiltMessage.data``), or None unsigned."""
+        if signer is None:
+            return None
+        hasher = self.hasher()
+        if not hasher.exact:
+            return signer.sign
+        return lambda data: signer.sign(data, hasher.digest(values))
+
+    def hasher(self) -> BodyHasher:
+        if self._hasher is None:  # once per issue, and only when signing
+            self._hasher = BodyHasher(self.body_pieces)
+        return self._hasher
 
 
 def _body_pieces(part: str, body: str) -> list[bytes | int]:
@@ -256,9 +307,28 @@ class MessageFactory:
             qp_open(html_module.escape(url)) if self._prefix_escapes else url_qp,
         )
         data = self._compiled.format % self._compiled.pick(values)
-        if self._signer is not None:
-            data = self._signer.sign(data)
-        return BuiltMessage(message_id, data)
+        sign = self._compiled.signer(self._signer, values)
+        if sign is not None and SIGN_AHEAD:
+            return BuiltMessage(message_id, b"", future=_signing_threads().submit(sign, data))
+        return BuiltMessage(message_id, data, sign)
+
+
+SIGN_AHEAD = True  # False: sign in the thread that reads ``data`` (bench/bench_dkim.py compares)
+_THREADS: ThreadPoolExecutor | None = None
+_THREADS_GUARD = threading.Lock()
+
+
+def _signing_threads() -> ThreadPoolExecutor:
+    """One small pool per process, a thread per usable core (made on first signed build)."""
+    global _THREADS
+    with _THREADS_GUARD:
+        if _THREADS is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:  # not Linux
+                cores = os.cpu_count() or 1
+            _THREADS = ThreadPoolExecutor(max_workers=max(2, cores), thread_name_prefix="dkim")
+        return _THREADS
 
 
 def build_single(
@@ -311,7 +381,5 @@ def build_single(
         qp_open(html_module.escape(url)),
     )
     data = compiled.format % compiled.pick(values)
-    signer = DkimSigner.from_settings(settings)
-    if signer is not None:
-        data = signer.sign(data)
-    return BuiltMessage(message_id, data)
+    sign = compiled.signer(DkimSigner.from_settings(settings), values)
+    return BuiltMessage(message_id, sign(data) if sign is not None else data)

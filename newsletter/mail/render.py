@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import lxml.html
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from premailer import Premailer
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
 
 from ..context import Context
 from ..models import Story
@@ -152,6 +152,9 @@ def story_view(story: Story, tz: Any) -> StoryView:
 @functools.lru_cache(maxsize=8)
 def environments(templates_dir: Path) -> tuple[Environment, Environment]:
     """(html, text) environments: autoescape always on for one, always off for the other."""
+
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
     loader = FileSystemLoader(str(templates_dir / "email"))
     common: dict[str, Any] = {
         "loader": loader,
@@ -167,6 +170,9 @@ def environments(templates_dir: Path) -> tuple[Environment, Environment]:
 
 def _enforce_http_urls(html: str) -> str:
     """Last line of defence on the finished document: http(s) links only, no scripts."""
+
+    import lxml.html
+
     doc = lxml.html.document_fromstring(html)
     for bad in list(doc.iter(*_DROP_TAGS)):
         log.warning("removed a <%s> element from the email HTML", bad.tag)
@@ -198,6 +204,9 @@ def inline_css(html: str) -> str:
     The ignored block is where media queries (phone layout, dark mode) live: they
     cannot be inlined, and premailer would strip their ``!important``.
     """
+
+    from premailer import Premailer
+
     premailer = Premailer(
         html,
         base_url=None,

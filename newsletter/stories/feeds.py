@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import feedparser
-
 from .articles import ARTICLE_EXTENSIONS, parse_article
 from .text import (
     ParsedSource,
@@ -182,6 +180,8 @@ def parse_feed(data: bytes, headers: dict[str, str] | None = None) -> ParsedSour
     Always bytes: handed a ``str``, feedparser would treat it as a URL or a path and
     go fetching on its own.
     """
+    import feedparser  # a fifth of a second to import: only when a feed is parsed
+
     parsed = feedparser.parse(data, response_headers=headers or {}, sanitize_html=True)
     problem = parsed.get("bozo_exception")
     where = ""

@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from email_validator import EmailNotValidError, validate_email
-
 NAME_MAX = 200  # the column's width; also keeps a To header sane
 EMAIL_MAX = 320  # longer input is rejected before it reaches the validator
 
@@ -44,6 +42,9 @@ def normalise_email(raw: str) -> str:
     lets a server treat it case-sensitively: in practice no mailbox provider
     does, and two rows for one person would mail them twice and break unsubscribe.
     """
+
+    from email_validator import EmailNotValidError, validate_email
+
     value = raw.strip()
     if not value:
         raise InvalidEmail(raw, "no address given")

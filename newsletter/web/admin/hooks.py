@@ -34,25 +34,16 @@ def bounce_page(session: Session, before: int | None, limit: int) -> dict[str, A
 
 
 def dkim_records(settings: Settings) -> list[tuple[str, str]]:
-    """(name, TXT value) for each configured DKIM key; derived from the private key file."""
-    if settings.dkim_key_file is None or settings.dkim_selector is None:
-        return []
-    domain = settings.sender_domain
-    name = f"{settings.dkim_selector}._domainkey.{domain}"
+    """(name, TXT value) for each configured DKIM key, as ``newsletter dkim record`` prints."""
+    from ...mail import DkimKeyError, DkimSigner
+
     try:
-        from base64 import b64encode
-
-        from cryptography.hazmat.primitives import serialization
-
-        key = serialization.load_pem_private_key(settings.dkim_key_file.read_bytes(), None)
-        der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    except ImportError:
-        return [(name, "(install the cryptography package to show the public key)")]
-    except (OSError, ValueError, TypeError) as exc:
-        return [(name, f"(the key file cannot be read: {exc})")]
-    return [(name, f"v=DKIM1; k=rsa; p={b64encode(der).decode()}")]
+        signer = DkimSigner.from_settings(settings)
+    except DkimKeyError as exc:
+        return [("(the DKIM key cannot be used)", str(exc))]
+    if signer is None:
+        return []
+    return [(key.record_name, key.record_value) for key in signer.keys]
 
 
 def footer_snippet(settings: Settings) -> str | None:

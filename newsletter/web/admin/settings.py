@@ -70,6 +70,6 @@ def settings() -> tuple[str, int]:
         "settings.html",
         rows=effective(current),
         dns=dns_records(current),
-        dkim_configured=current.dkim_key_file is not None,
+        dkim_configured=bool(current.dkim_key_file or current.dkim_ed25519_key_file),
         snippet=footer_snippet(current),
     )
