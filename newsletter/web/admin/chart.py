@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import date
 from html import escape
 
-WIDTH, HEIGHT = 900, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 48, 16, 34
+WIDTH, HEIGHT = 900, 270
+LEFT, RIGHT, TOP, BOTTOM = 56, 48, 16, 50
 
 
 def _nice_max(value: int) -> int:
@@ -72,11 +72,11 @@ def readers_chart(days: Sequence[date], active: Sequence[int], signups: Sequence
         )
     for i in range(0, n, max(n // 6, 1)):
         parts.append(
-            f'<text x="{LEFT + i * step + step / 2:.1f}" y="{HEIGHT - 12}" text-anchor="middle" '
+            f'<text x="{LEFT + i * step + step / 2:.1f}" y="{HEIGHT - 30}" text-anchor="middle" '
             f"{font}>{escape(days[i].strftime('%d %b'))}</text>"
         )
     parts.append(
-        f'<text x="{LEFT}" y="{HEIGHT - 0}" {font}>line: active readers (left axis) · '
+        f'<text x="{LEFT}" y="{HEIGHT - 6}" {font}>line: active readers (left axis) · '
         "bars: signups per day (right axis)</text>"
     )
     parts.append("</svg>")
