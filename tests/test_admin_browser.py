@@ -141,8 +141,14 @@ def test_editor_journey_in_chromium(
     page.wait_for_selector("text=4 added")
     page.get_by_role("button", name=re.compile(r"Pin as lead ?: " + re.escape(LEAD))).click()
     page.wait_for_selector("text=is the lead now")
-    first = page.locator("table[aria-labelledby=next-order] tbody tr").first
-    assert "Lead" in first.inner_text() and LEAD in first.inner_text()
+    rows = page.locator("#story-order tbody tr")
+    assert "Lead" in rows.first.inner_text() and LEAD in rows.first.inner_text()
+    # The drag handle (progressive): the last story dragged onto the second row.
+    last = rows.nth(3).inner_text().split("\n")[0]
+    rows.nth(3).drag_to(rows.nth(1), target_position={"x": 40, "y": 2})
+    page.wait_for_selector("text=The order of the next digest is saved")
+    order = page.locator("#story-order tbody tr").all_inner_texts()
+    assert LEAD in order[0] and last.split("\t")[-1].strip() in order[1], (last, order)
 
     # Preview: the frame holds the email as readers get it, lead first, no script.
     page.click("nav >> text=Next digest")

@@ -64,6 +64,13 @@ def test_pin_and_order_are_what_the_digest_sends(web: Web) -> None:
         titles = [link.story.title for link in issue.stories]
         session.rollback()
     assert titles == ["Story 2", "Story 0", "Story 3", "Story 1"]
+    post(client, "/admin/stories/order", order=f"{ids[3]},{ids[1]},999,{ids[1]}")  # the handle
+    with web.ctx.db.write() as session:
+        issue = build_issue(session, web.ctx)
+        assert issue is not None
+        titles = [link.story.title for link in issue.stories]
+        session.rollback()
+    assert titles == ["Story 2", "Story 3", "Story 1", "Story 0"]  # the lead stays first
     next_page = client.get("/admin/next").get_data(as_text=True)
     listed = re.findall(r"<li>(Story \d) <span", next_page)
     assert listed == titles

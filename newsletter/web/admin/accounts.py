@@ -211,6 +211,7 @@ def attempt_login(
     if hasher().check_needs_rehash(user.password_hash):
         user.password_hash = hasher().hash(password)
     user.last_login_at = now
+    prune_events(session, now)
     log.info("admin login: %s from %s", account, ip)
     return LoginResult(user)
 

@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response
 
 from ...models import Story
 from ...stories import InvalidStory, add_story, set_featured, unsent_clause
-from ...stories.order import move, pin_lead, waiting
+from ...stories.order import move, pin_lead, set_order, waiting
 from .base import admin, ctx, done, page, web
 
 PAGE_SIZE = 50
@@ -110,6 +110,17 @@ def story_move(story_id: int) -> Response:
     if not moved:
         return _redirect(f"Story #{story_id} is not waiting for the next digest.", "error")
     return _redirect(f"Story #{story_id} moved {'up' if offset < 0 else 'down'}.")
+
+
+@admin.post("/stories/order")
+def story_order() -> Response:
+    """The whole order at once (the drag handle); ids not waiting are ignored."""
+    wanted = [int(p) for p in request.form.get("order", "").split(",") if p.strip().isdigit()]
+    with web().write() as session:
+        queue = [s.id for s in waiting(session)]
+        ids = [i for i in dict.fromkeys(wanted) if i in queue]
+        set_order(session, ids + [i for i in queue if i not in ids])
+    return _redirect("The order of the next digest is saved.")
 
 
 @admin.post("/stories/add")
