@@ -8,10 +8,11 @@ an operator can always override a file that ships with the deployment.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
@@ -85,6 +86,10 @@ class Settings:
     article_base_url: str | None = None
     web_rate_ip: str = "20/10m"
     web_rate_address: str = "3/1h"
+    language: str = "en"
+    digest_note: str | None = None
+    # Not settings: which placeholder defaults are still in force (``first_run_problems``).
+    unset: frozenset[str] = field(default=frozenset(), compare=False, metadata={"setting": False})
 
     @property
     def from_header(self) -> str:
@@ -106,6 +111,32 @@ class Settings:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+# Defaults that are placeholders: fine for the demo and the outbox, embarrassing in
+# 5,000 real inboxes (links to localhost, a footer asking for an address).
+PLACEHOLDER_SETTINGS = ("BASE_URL", "POSTAL_ADDRESS")
+
+
+def first_run_problems(settings: Settings) -> list[str]:
+    """One line per placeholder setting that must be set before mailing real people."""
+    why = {
+        "BASE_URL": "the public URL of the web app, used in every unsubscribe and archive link",
+        "POSTAL_ADDRESS": "the postal address the law (CAN-SPAM and others) requires in bulk mail",
+    }
+    return [
+        f"{PREFIX}{name} is not set: set it to {why[name]}"
+        for name in PLACEHOLDER_SETTINGS
+        if name in settings.unset
+    ]
+
+
+def _language(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*", value):
+        raise ConfigError(
+            f"{PREFIX}LANGUAGE: expected a language tag such as en or es-ES, got {value!r}"
+        )
+    return value
 
 
 def _no_control(name: str, value: str) -> str:
@@ -350,6 +381,56 @@ def _dkim_ed25519(get: Callable[[str], str | None], kwargs: dict[str, object]) -
     kwargs["dkim_ed25519_selector"] = selector
 
 
+def _raw_values(
+    environ: Mapping[str, str] | None, dotenv_path: str | os.PathLike[str] | None
+) -> dict[str, str]:
+    """NEWSLETTER_* names (without the prefix) from ``.env``, overridden by the environment."""
+    values: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return {k[len(PREFIX) :]: v for k, v in values.items() if k.startswith(PREFIX)}
+
+
+def known_names() -> frozenset[str]:
+    """Every NEWSLETTER_* name the loader reads (found by watching it read an empty env)."""
+    seen: set[str] = set()
+    _load(_Recorder(seen))
+    return frozenset(PREFIX + name for name in seen)
+
+
+class _Recorder(dict[str, str]):
+    """An empty mapping that remembers every key asked for."""
+
+    def __init__(self, seen: set[str]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def get(self, key: str, default: object = None) -> None:  # type: ignore[override]
+        self.seen.add(key)
+        return None
+
+
+def unknown_settings(
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: str | os.PathLike[str] | None = ".env",
+) -> list[str]:
+    """One warning per NEWSLETTER_* name nobody reads, with the closest known name.
+
+    A misspelt setting (``NEWSLETTER_SMTP_ULR``) would otherwise be ignored in
+    silence and the default used: the outbox instead of the relay.
+    """
+    known = known_names()
+    out = []
+    for name in sorted(PREFIX + key for key in _raw_values(environ, dotenv_path)):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        out.append(f"unknown setting {name} is ignored{hint}")
+    return out
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     dotenv_path: str | os.PathLike[str] | None = ".env",
@@ -358,11 +439,11 @@ def load_settings(
 
     Pass ``dotenv_path=None`` to ignore any ``.env`` file (tests do).
     """
-    values: dict[str, str] = {}
-    if dotenv_path is not None and Path(dotenv_path).is_file():
-        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
-    values.update(os.environ if environ is None else environ)
-    env = {k[len(PREFIX) :]: v for k, v in values.items() if k.startswith(PREFIX)}
+    return _load(_raw_values(environ, dotenv_path))
+
+
+def _load(env: Mapping[str, str]) -> Settings:
+    """Settings from prefix-less names; every name read goes through ``get``."""
 
     def get(key: str) -> str | None:
         raw = env.get(key)
@@ -459,4 +540,9 @@ def _load_rest(get: Callable[[str], str | None], kwargs: dict[str, object]) -> S
             except InvalidLimit as exc:
                 raise ConfigError(f"{PREFIX}{key}: {exc}") from None
             kwargs[attr] = v
+    if (v := get("LANGUAGE")) is not None:
+        kwargs["language"] = _language(v)
+    if (v := get("DIGEST_NOTE")) is not None:
+        kwargs["digest_note"] = _no_control(f"{PREFIX}DIGEST_NOTE", v)
+    kwargs["unset"] = frozenset(name for name in PLACEHOLDER_SETTINGS if name.lower() not in kwargs)
     return Settings(**kwargs)  # type: ignore[arg-type]

@@ -126,6 +126,11 @@ class Story(Base):
     source: Mapped[str] = mapped_column(String(2048), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The kicker: the feed's <category>, else the feed's title ("World").
+    section: Mapped[str | None] = mapped_column(String(200))
+    # Where an undated story sorts: just after the dated stories of its import, so an
+    # undated item never counts as the newest (None: published_at, else created_at).
+    sort_at: Mapped[datetime | None]
     # The editor's order for the next digest (admin): the pinned story leads, then
     # stories with a position in that order, then the rest newest first.
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
-from conftest import FEEDS as FEEDS_DIR
+from conftest import feed_set
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -27,8 +27,6 @@ from newsletter.context import Context
 from newsletter.mail.digest import build_issue
 from newsletter.models import Story
 from newsletter.stories.store import import_sources
-
-GOOD_FEEDS = ("bbc.xml", "theguardian.xml", "nytimes.xml", "elmundo.xml", "cnn.xml")
 
 
 def base_env(folder: Path) -> dict[str, str]:
@@ -67,10 +65,14 @@ def fixture_digest(ctx: Context, stories: int = 10) -> FrozenIssue:
         return FrozenIssue(ctx, issue.id, issue.subject, issue.html, issue.text)
 
 
-def import_fixture_feeds(ctx: Context, names: Sequence[str] = GOOD_FEEDS) -> list[int]:
-    """Import fixture feeds (not featured) and return the new story ids."""
+def import_fixture_feeds(ctx: Context, names: Sequence[str] | None = None) -> list[int]:
+    """Import fixture feeds (not featured) and return the new story ids.
+
+    The real shared feeds when they are beside the project, else the project's own.
+    """
+    folder, default = feed_set()
     with ctx.db.write() as session:
-        report = import_sources(session, [str(FEEDS_DIR / n) for n in names], feature=False)
+        report = import_sources(session, [str(folder / n) for n in names or default], feature=False)
         ids: list[int] = []
         for result in report.results:
             assert result.error is None, result.error

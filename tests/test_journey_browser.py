@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from _web_support import Served, link, start_serve, wait_for
-from conftest import CHROMIUM_ARGS, FEEDS, SMTPServer, chromium_path, start_smtp
+from conftest import CHROMIUM_ARGS, OWN_FEEDS, SMTPServer, chromium_path, start_smtp
 
 pytestmark = pytest.mark.browser
 
@@ -102,7 +102,7 @@ def test_subscribe_confirm_receive_unsubscribe_in_chromium(
         assert not errors, errors  # e.g. a CSP violation would have blocked the auto-submit
 
         # 3. A digest of featured stories, sent by the real command.
-        _cli(env, tmp_path, "stories", "import", str(FEEDS / "bbc.xml"), "--feature")
+        _cli(env, tmp_path, "stories", "import", str(OWN_FEEDS / "planet.xml"), "--feature")
         _cli(env, tmp_path, "send", "--yes")
         wait_for(lambda: len(_mails_to(smtp, READER)) == 2, timeout=30)
         digest = _mails_to(smtp, READER)[1].message

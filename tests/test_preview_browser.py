@@ -57,7 +57,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def preview_file(cli_env: dict[str, str], settings: Settings, tmp_path: Path) -> Path:
+def preview_file(
+    cli_env: dict[str, str], settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    monkeypatch.setenv("NEWSLETTER_LANGUAGE", "es")
     ctx = Context.open(settings)
     try:
         import_fixture_feeds(ctx)
@@ -100,7 +103,11 @@ LAYOUT = """() => {
     widest: Math.max(...[...document.querySelectorAll('body *')]
                        .map(e => e.getBoundingClientRect().right)),
     leadSize: getComputedStyle(document.querySelector('.lead-title')).fontSize,
-    cardBg: getComputedStyle(document.querySelector('.card')).backgroundColor,
+    cardBg: getComputedStyle(document.querySelector('.container')).backgroundColor,
+    height: document.documentElement.scrollHeight,
+    lang: document.documentElement.lang,
+    widthAttrs: imgs.map(i => i.getAttribute('width')),
+    heightAttrs: imgs.filter(i => i.hasAttribute('height')).length,
     preheaderShown: document.querySelector('.preheader').offsetHeight > 0,
     footer: document.querySelector('.footer').innerText,
   };
@@ -115,8 +122,13 @@ def test_desktop_600(browser: Any, preview_file: Path, tmp_path: Path) -> None:
     assert layout["container"] == 600
     assert layout["scrollWidth"] <= layout["innerWidth"]
     assert len(layout["images"]) == 10
-    assert all(i["natural"] == 1200 and i["w"] <= 568 for i in layout["images"])
-    assert layout["leadSize"] == "28px"
+    lead, *thumbs = layout["images"]
+    assert lead["natural"] == 1200 and lead["w"] == 552  # the lead at full width
+    assert all(i["natural"] == 1200 and i["w"] <= 200 for i in thumbs)  # thumbnails
+    assert layout["widthAttrs"] == ["552"] + ["120"] * 9 and layout["heightAttrs"] == 0
+    assert layout["height"] < 3000  # a newsroom briefing, not 6,000 px of cards
+    assert layout["lang"] == "es"  # NEWSLETTER_LANGUAGE
+    assert layout["leadSize"] == "26px"
     assert not layout["preheaderShown"]
     assert "Unsubscribe" in layout["footer"] and "View in browser" in layout["footer"]
     assert "1 Fleet Street, London EC4Y 1AA" in layout["footer"]
@@ -133,7 +145,12 @@ def test_phone_375_has_no_horizontal_overflow(
     assert layout["bodyScrollWidth"] <= 375
     assert layout["widest"] <= 375
     assert all(i["natural"] == 1200 and i["right"] <= 375 for i in layout["images"])
-    assert layout["leadSize"] == "24px"  # the phone media query survived premailer
+    lead, *thumbs = layout["images"]
+    assert lead["w"] <= 375 - 32 and all(i["w"] <= 88 for i in thumbs)
+    assert layout["widthAttrs"] == ["552"] + ["120"] * 9
+    assert layout["lang"] == "es"
+    assert layout["height"] < 4000
+    assert layout["leadSize"] == "22px"  # the phone media query survived premailer
 
 
 def test_dark_mode_colours(browser: Any, preview_file: Path, tmp_path: Path) -> None:

@@ -32,6 +32,14 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
     )
     state = click_ctx.ensure_object(AppState)
     click_ctx.call_on_close(state.close)
+    from ..config import unknown_settings
+
+    try:
+        warnings = unknown_settings()
+    except OSError:  # an unreadable .env is reported when the settings are loaded
+        warnings = []
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _register() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .sendview import console, run_issue
-from .state import AppState, check_signing, pass_state
+from .state import AppState, check_signing, pass_state, require_real_settings
 
 _STYLE = {"sent": "green", "sending": "yellow", "paused": "red", "cancelled": "dim"}
 
@@ -144,6 +144,8 @@ def resume_issue(state: AppState, issue_id: int) -> None:
 
     from .. import delivery
 
+    require_real_settings(state.ctx, "resume")
+
     check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Resuming", delivery.resume)
 
@@ -155,6 +157,8 @@ def retry_failed_issue(state: AppState, issue_id: int) -> None:
     """Queue permanently failed deliveries again and send them (bounces stay bounced)."""
 
     from .. import delivery
+
+    require_real_settings(state.ctx, "retry")
 
     check_signing(state.ctx.settings)
     run_issue(state.ctx, issue_id, "Retrying", delivery.retry_failed)

@@ -56,7 +56,12 @@ def _part(data: bytes, subtype: str) -> str:
 
 
 def build_preview(
-    ctx: Context, *, name: str = "", today: date | None = None, to: str | None = None
+    ctx: Context,
+    *,
+    name: str = "",
+    today: date | None = None,
+    to: str | None = None,
+    editor_note: str | None = None,
 ) -> Preview | None:
     """The next digest for a sample reader, or None when nothing is new. Writes nothing.
 
@@ -72,10 +77,10 @@ def build_preview(
         day = today or local_today(ctx.settings)
         note = None
         try:
-            issue = build_issue(session, ctx, today=day)
+            issue = build_issue(session, ctx, today=day, note=editor_note)
         except AlreadySentToday as exc:
             note = f"{exc}; previewing the next digest instead"
-            issue = build_issue(session, ctx, today=day + timedelta(days=1))
+            issue = build_issue(session, ctx, today=day + timedelta(days=1), note=editor_note)
         if issue is None:
             return None
         factory = MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text)
@@ -101,8 +106,20 @@ def factory_domain(ctx: Context) -> str:
 @click.option("--eml", is_flag=True, help="Write the whole message (headers and both parts).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the result in a browser.")
 @click.option("--name", default="", help="Greet the sample reader by this name.")
+@click.option(
+    "--note",
+    metavar="TEXT",
+    help="An editor's note above the lead (default NEWSLETTER_DIGEST_NOTE).",
+)
 @pass_state
-def preview(state: AppState, output: Path | None, eml: bool, open_browser: bool, name: str) -> None:
+def preview(
+    state: AppState,
+    output: Path | None,
+    eml: bool,
+    open_browser: bool,
+    name: str,
+    note: str | None,
+) -> None:
     """Write the next digest as a subscriber would get it, without sending or recording it."""
 
     from jinja2 import TemplateError
@@ -112,7 +129,7 @@ def preview(state: AppState, output: Path | None, eml: bool, open_browser: bool,
     ctx = state.ctx
     check_signing(ctx.settings)  # the preview is signed as a reader's copy would be
     try:
-        result = build_preview(ctx, name=name)
+        result = build_preview(ctx, name=name, editor_note=note)
     except (TemplateProblem, TemplateError, DkimKeyError, ValueError) as exc:
         raise click.ClickException(f"cannot build the preview: {exc}") from None
     if result is None:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 from .issues_cli import issues_group
 from .sendview import console, run_issue
-from .state import AppState, check_signing, pass_state
+from .state import AppState, check_signing, pass_state, require_real_settings
 
 
 @dataclass
@@ -68,14 +68,16 @@ def _rolled_back(ctx: Context) -> Iterator[Session]:
         session.close()
 
 
-def _draft(ctx: Context, story_ids: list[int] | None, subject: str | None) -> Draft | None:
+def _draft(
+    ctx: Context, story_ids: list[int] | None, subject: str | None, note: str | None = None
+) -> Draft | None:
     """Render what would go out, then roll back: nothing is recorded."""
 
     from ..mail import UnknownStories, build_issue
 
     with _rolled_back(ctx) as session:
         try:
-            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
+            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject, note=note)
         except UnknownStories as exc:
             raise click.ClickException(str(exc)) from None
         except ValueError as exc:
@@ -106,7 +108,12 @@ def _show_draft(draft: Draft, recipients: int, via: str) -> None:
 
 
 def _send_test_copy(
-    ctx: Context, to: str, story_ids: list[int] | None, subject: str | None, dry_run: bool
+    ctx: Context,
+    to: str,
+    story_ids: list[int] | None,
+    subject: str | None,
+    dry_run: bool,
+    note: str | None = None,
 ) -> None:
     from .. import delivery
     from ..delivery import Outcome, open_transport
@@ -125,7 +132,7 @@ def _send_test_copy(
         draft = _existing(ctx, unfinished_id)
     else:
         try:
-            draft = _draft(ctx, story_ids, subject)
+            draft = _draft(ctx, story_ids, subject, note)
         except AlreadySentToday as exc:
             if exc.issue_id is None:
                 raise click.ClickException(str(exc)) from None
@@ -133,11 +140,12 @@ def _send_test_copy(
     if draft is None:
         console.print("Nothing new to send: no featured stories that have not gone out yet.")
         return
+    test_subject = f"[TEST] {draft.subject}"  # never mistaken for the real issue
     built = build_single(
-        ctx, address, "", draft.subject, draft.html, draft.text, issue_id=draft.existing_id
+        ctx, address, "", test_subject, draft.html, draft.text, issue_id=draft.existing_id
     )
     if dry_run:
-        console.print(f"[yellow]Dry run:[/yellow] the test copy of “{draft.subject}” to {address}")
+        console.print(f"[yellow]Dry run:[/yellow] the test copy “{test_subject}” to {address}")
         console.print("was rendered but not sent; nothing was recorded.")
         return
     transport = open_transport(ctx.settings)
@@ -147,7 +155,7 @@ def _send_test_copy(
         transport.close()
     if outcome.outcome is not Outcome.SENT:
         raise click.ClickException(f"the test copy to {address} was refused: {outcome.text}")
-    console.print(f"Test copy of “{draft.subject}” sent to {address} via {transport.description}.")
+    console.print(f"Test copy “{test_subject}” sent to {address} via {transport.description}.")
     console.print("No subscriber was mailed and nothing was recorded.")
 
 
@@ -163,6 +171,11 @@ def _send_test_copy(
     help="A manual issue of these stories: --story 3 5 8, --story 3,5,8 or repeated.",
 )
 @click.option("--subject", help="Subject of a manual issue (default: the rendered one).")
+@click.option(
+    "--note",
+    metavar="TEXT",
+    help="An editor's note shown above the lead story (default NEWSLETTER_DIGEST_NOTE).",
+)
 @click.argument("more_ids", nargs=-1, metavar="")
 @pass_state
 def send_command(
@@ -172,6 +185,7 @@ def send_command(
     to: str | None,
     stories: tuple[str, ...],
     subject: str | None,
+    note: str | None,
     more_ids: tuple[str, ...],
 ) -> None:
     """Send today's digest now (or a manual issue with --story).
@@ -195,8 +209,10 @@ def send_command(
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
     if to is not None:
-        _send_test_copy(ctx, to, story_ids, subject, dry_run)
+        _send_test_copy(ctx, to, story_ids, subject, dry_run, note)
         return
+    if not dry_run:
+        require_real_settings(ctx)
     with ctx.db.read() as session:
         unfinished = delivery.unfinished_issue(session)
         unfinished_id = unfinished.id if unfinished is not None else None
@@ -206,7 +222,7 @@ def send_command(
         _resume_instead(ctx, unfinished_id, yes=yes, dry_run=dry_run, new=story_ids is not None)
         return
     try:
-        draft = _draft(ctx, story_ids, subject)
+        draft = _draft(ctx, story_ids, subject, note)
     except AlreadySentToday as exc:
         console.print(f"Today's digest was already sent: {exc}. Nothing to do.")
         return
@@ -222,7 +238,7 @@ def send_command(
         return
     if not yes:
         click.confirm(f"Send this to {recipients:,} subscribers?", abort=True)
-    issue_id = _create(ctx, story_ids, subject)
+    issue_id = _create(ctx, story_ids, subject, note)
     if issue_id is None:
         console.print("Nothing new to send.")
         return
@@ -239,7 +255,9 @@ def open_transport_description(ctx: Context) -> str:
     return f"Maildir outbox {settings.outbox}/ (no NEWSLETTER_SMTP_URL set)"
 
 
-def _create(ctx: Context, story_ids: list[int] | None, subject: str | None) -> int | None:
+def _create(
+    ctx: Context, story_ids: list[int] | None, subject: str | None, note: str | None = None
+) -> int | None:
     """Freeze and enqueue in one transaction (or pick up an issue another process made)."""
 
     from .. import delivery
@@ -251,7 +269,7 @@ def _create(ctx: Context, story_ids: list[int] | None, subject: str | None) -> i
             console.print(f"Issue #{other.id} was started meanwhile: resuming it instead.")
             return other.id
         try:
-            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject)
+            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject, note=note)
         except AlreadySentToday as exc:
             console.print(f"Today's digest was already sent: {exc}.")
             return None

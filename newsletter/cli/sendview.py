@@ -7,7 +7,9 @@ Kept apart from the commands so that ``send``, ``issues resume`` and
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -108,9 +110,59 @@ def graceful_stop() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+class LineProgress:
+    """Progress as log lines when the output is not a terminal (cron, systemd, a pipe).
+
+    A bar redrawn in place means nothing in a log file, and rich only prints it at
+    the end: a line every ``every`` seconds or every 5 % says how the send is going.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        every: float = 10.0,
+        step: float = 0.05,
+        out: Callable[[str], None] | None = None,
+    ) -> None:
+        self.label = label
+        self.every = every
+        self.step = step
+        self.out = out or _print_line
+        self._last_time = time.monotonic()
+        self._last_bucket = 0
+
+    def __call__(self, p: SendProgress) -> None:
+        now = time.monotonic()
+        bucket = int(p.done / p.total / self.step) if p.total else 0
+        if bucket <= self._last_bucket and now - self._last_time < self.every:
+            return
+        self._last_bucket = max(bucket, self._last_bucket)
+        self._last_time = now
+        self.out(self.line(p))
+
+    def line(self, p: SendProgress) -> str:
+        rate = p.sent_this_run / p.elapsed if p.elapsed > 0 else 0.0
+        left = max(p.total - p.done, 0)
+        eta = f"{left / rate:,.0f} s" if rate > 0 else "unknown"
+        share = f" ({p.done / p.total:.0%})" if p.total else ""
+        return (
+            f"{self.label}: {p.done:,}/{p.total:,}{share} done, {p.sent:,} sent, "
+            f"{p.failed + p.bounced:,} failed, {rate:,.1f} msg/s, ETA {eta}"
+        )
+
+
+def _print_line(text: str) -> None:
+    click.echo(text)
+    sys.stdout.flush()
+
+
 def run_with_progress(
     label: str, action: Callable[[Callable[[SendProgress], None], threading.Event], SendSummary]
 ) -> SendSummary:
+    """Run a send with a progress bar (a terminal) or progress lines (anything else)."""
+    if not console.is_terminal:
+        with graceful_stop() as stop:
+            return _translated(lambda: action(LineProgress(label), stop))
     """Run a send with a rich progress bar; translate lease/state errors to clear exits."""
 
     from rich.progress import (
@@ -120,8 +172,6 @@ def run_with_progress(
         TextColumn,
         TimeRemainingColumn,
     )
-
-    from ..delivery import AlreadyFinished, IssueStateError, LeaseHeld
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -146,21 +196,44 @@ def run_with_progress(
                 rate=rate,
             )
 
-        try:
-            summary = action(update, stop)
-        except LeaseHeld as held:
-            raise Busy(
-                f"another process is sending this issue: pid {held.pid} on {held.host} "
-                f"(its lease runs until {held.expires_at:%H:%M:%S} UTC). Nothing was sent.",
-            ) from None
-        except AlreadyFinished:
-            raise
-        except IssueStateError as exc:
-            raise click.ClickException(str(exc)) from None
-        except OSError as exc:  # e.g. the Maildir outbox cannot be created
-            raise click.ClickException(f"cannot send: {exc}") from None
+        summary = _translated(lambda: action(update, stop))
         bar.update(task, total=summary.total, completed=summary.total - summary.left_queued)
     return summary
+
+
+def _translated(run: Callable[[], SendSummary]) -> SendSummary:
+    """Lease and state errors as clear one-line exits."""
+    from ..delivery import AlreadyFinished, IssueStateError, LeaseHeld
+
+    try:
+        return run()
+    except LeaseHeld as held:
+        raise Busy(
+            f"another process is sending this issue: pid {held.pid} on {held.host} "
+            f"(its lease runs until {held.expires_at:%H:%M:%S} UTC). Nothing was sent.",
+        ) from None
+    except AlreadyFinished:
+        raise
+    except IssueStateError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. the Maildir outbox cannot be created
+        raise click.ClickException(f"cannot send: {exc}") from None
+
+
+def check_issue(ctx: Context, issue_id: int) -> None:
+    """Refuse an unknown or cancelled issue before any progress is drawn.
+
+    (A sent issue may still have failed rows to retry: the send functions decide.)
+    """
+    from ..models import Issue, IssueStatus
+
+    with ctx.db.read() as session:
+        issue = session.get(Issue, issue_id)
+        status = issue.status if issue is not None else None
+    if status is None:
+        raise click.ClickException(f"there is no issue {issue_id}")
+    if status is IssueStatus.CANCELLED:
+        raise click.ClickException(f"issue {issue_id} was cancelled; it cannot be sent")
 
 
 def run_issue(
@@ -180,6 +253,7 @@ def run_issue(
     def action(progress: Callable[[SendProgress], None], stop: threading.Event) -> SendSummary:
         return fn(ctx, issue_id, progress=progress, stop=stop)
 
+    check_issue(ctx, issue_id)
     try:
         summary = run_with_progress(f"{label} #{issue_id}", action)
     except AlreadyFinished:

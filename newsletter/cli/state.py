@@ -65,6 +65,39 @@ def check_signing(settings: Settings) -> None:
     try:
         signer = DkimSigner.from_settings(settings)
     except DkimKeyError as exc:
-        raise SettingsError(str(exc)) from None
+        raise SettingsError(_name_the_key_setting(settings, str(exc))) from None
     for warning in signer.warnings if signer is not None else ():
         click.echo(f"warning: {warning}", err=True)
+
+
+def require_real_settings(ctx: Context, what: str = "send") -> None:
+    """Refuse to mail real people through SMTP while placeholder defaults are in force.
+
+    The outbox (no NEWSLETTER_SMTP_URL) and ``--to`` test copies never get here:
+    they are how a first run is tried out.  Exit code 2, naming the setting.
+    """
+    from ..config import first_run_problems
+
+    if not ctx.settings.smtp_url:
+        return
+    problems = first_run_problems(ctx.settings)
+    if problems:
+        raise SettingsError(
+            f"not ready to {what} through NEWSLETTER_SMTP_URL: {'; '.join(problems)}"
+            " (the Maildir outbox and --to test copies work without them)"
+        )
+
+
+def check_dkim(ctx: Context) -> None:
+    """Load the DKIM keys now, so a bad key is one line before anything is created."""
+    check_signing(ctx.settings)
+
+
+def _name_the_key_setting(settings: Settings, message: str) -> str:
+    """Start a key error with the setting to fix, as every other settings error does."""
+    if message.startswith("NEWSLETTER_"):
+        return message
+    ed25519 = settings.dkim_ed25519_key_file
+    if ed25519 is not None and str(ed25519) in message:
+        return f"NEWSLETTER_DKIM_ED25519_KEY_FILE: {message}"
+    return f"NEWSLETTER_DKIM_KEY_FILE: {message}"

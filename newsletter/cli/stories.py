@@ -70,6 +70,8 @@ def import_command(
     summary = f"{report.added} added, {report.updated} updated"
     if feature:
         summary += " (featured)"
+    if report.left_out:
+        summary += f"; {report.left_out} sponsored item(s) left out of the featured stories"
     if report.failed:
         click.echo(f"{summary}; {len(report.failed)} source(s) failed", err=True)
         sys.exit(1)
@@ -81,7 +83,7 @@ def import_command(
 @click.option("--url", required=True, help="Link to the story (http or https).")
 @click.option("--summary", default="", help="A sentence or two, plain text.")
 @click.option("--image-url", default=None, help="Picture for the story (http or https).")
-@click.option("--author", default=None)
+@click.option("--author", default=None, help="Byline.")
 @click.option("--feature", is_flag=True, help="Mark it featured (goes into the next digest).")
 @pass_state
 def add_command(

@@ -22,10 +22,11 @@ import click
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from ..context import Context
     from ..subscribers import CsvReport
 
 
-from .state import AppState, pass_state
+from .state import AppState, pass_state, require_real_settings
 
 
 class _StatusChoice(click.Choice[str]):
@@ -66,17 +67,83 @@ def subscribers_group() -> None:
     """Manage the list: add, import, export, list, remove."""
 
 
+NO_EMAIL_HELP = "Do not send the confirmation email (the address stays pending)."
+
+
+def _awaiting(session: Session, addresses: Sequence[str]) -> list[tuple[int, str, str]]:
+    """Pending subscribers among ``addresses`` who were never sent a confirmation."""
+    from sqlalchemy import select
+
+    from ..models import Subscriber, SubscriberStatus
+
+    found: list[tuple[int, str, str]] = []
+    unique = list(dict.fromkeys(addresses))
+    for start in range(0, len(unique), 500):
+        rows = session.execute(
+            select(Subscriber.id, Subscriber.email, Subscriber.name).where(
+                Subscriber.email.in_(unique[start : start + 500]),
+                Subscriber.status == SubscriberStatus.PENDING,
+                Subscriber.confirm_sent_at.is_(None),
+            )
+        )
+        found += [(r.id, r.email, r.name) for r in rows]
+    return found
+
+
+def send_confirmations(ctx: Context, people: Sequence[tuple[int, str, str]]) -> int:
+    """Email each pending person their confirmation link; returns how many failed.
+
+    The same email the web form sends (double opt-in): without it a pending
+    address would never become active, and nobody would know why.
+    """
+    from sqlalchemy import select
+
+    from ..delivery import open_transport
+    from ..models import Subscriber, utcnow
+    from ..web.confirmations import Confirmation, send_confirmation
+
+    if not people:
+        return 0
+    sent: list[int] = []
+    transport = open_transport(ctx.settings)
+    try:
+        for subscriber_id, email, name in people:
+            url = f"{ctx.settings.base_url}/confirm/{ctx.tokens.confirm(subscriber_id)}"
+            item = Confirmation(subscriber_id, email, name, url)
+            if send_confirmation(ctx, item, transport, retry_delays=()):
+                sent.append(subscriber_id)
+    finally:
+        transport.close()
+    if sent:
+        with ctx.db.write() as session:
+            for subscriber in session.scalars(select(Subscriber).where(Subscriber.id.in_(sent))):
+                subscriber.confirm_sent_at = utcnow()
+    click.echo(
+        f"sent a confirmation email to {len(sent)} address(es) via {transport.description}; "
+        "each joins when they click its link (--no-email adds without mailing)"
+    )
+    failed = len(people) - len(sent)
+    if failed:
+        click.echo(f"warning: {failed} confirmation email(s) were not accepted", err=True)
+    return failed
+
+
 @subscribers_group.command("add")
 @click.argument("email")
 @click.option("--name", default="", help="Display name (used in the To header).")
 @click.option("--confirmed", is_flag=True, help="Add as active (you vouch for consent).")
+@click.option("--no-email", is_flag=True, help=NO_EMAIL_HELP)
 @pass_state
-def add(state: AppState, email: str, name: str, confirmed: bool) -> None:
-    """Add EMAIL as pending (or active with --confirmed)."""
+def add(state: AppState, email: str, name: str, confirmed: bool, no_email: bool) -> None:
+    """Add EMAIL as pending and email them a confirmation link (or active with --confirmed)."""
 
     from .. import subscribers as subs
+    from ..models import SubscriberStatus
 
     address = _address(email)
+    mail = not confirmed and not no_email
+    if mail:
+        require_real_settings(state.ctx, "send confirmation emails")
     with state.ctx.db.write() as session:
         before = subs.find(session, address)
         old_status = before.status if before is not None else None
@@ -85,25 +152,34 @@ def add(state: AppState, email: str, name: str, confirmed: bool) -> None:
         except subs.Suppressed as exc:
             raise click.ClickException(str(exc)) from None
         status = subscriber.status.value
+        awaiting = _awaiting(session, [address]) if mail else []
     if old_status is None:
         click.echo(f"added {address} ({status})")
     elif old_status is not subscriber.status:
         click.echo(f"{address} was {old_status.value}, now {status}")
     else:
         click.echo(f"{address} is already on the list ({status})")
+    if status == SubscriberStatus.PENDING.value and not mail:
+        click.echo("no confirmation email sent (--no-email): they stay pending until confirmed")
+    elif status == SubscriberStatus.PENDING.value and not awaiting:
+        click.echo("a confirmation email was sent before; they join when they click its link")
+    if send_confirmations(state.ctx, awaiting):
+        sys.exit(1)
 
 
 @subscribers_group.command("import")
 @click.argument("file", type=click.File("rb"))
 @click.option("--confirmed", is_flag=True, help="Import as active (you vouch for consent).")
+@click.option("--no-email", is_flag=True, help=NO_EMAIL_HELP)
 @pass_state
-def import_(state: AppState, file: IO[bytes], confirmed: bool) -> None:
+def import_(state: AppState, file: IO[bytes], confirmed: bool, no_email: bool) -> None:
     """Import subscribers from FILE.csv (a header row with an 'email' column).
 
     'name' is optional; headers are case-insensitive. Rows are pending unless
     --confirmed. Unsubscribed or bounced addresses are skipped, never
     reactivated. Every rejected row is listed with its line number; the exit
     code is 1 when any row was rejected (the valid rows are still imported).
+    New pending addresses are sent the confirmation email (not with --no-email).
     """
 
     from ..subscribers import CsvError, apply_import, parse_csv
@@ -113,10 +189,17 @@ def import_(state: AppState, file: IO[bytes], confirmed: bool) -> None:
         parsed = parse_csv(file.read())  # validate before taking the write lock
     except CsvError as exc:
         raise click.ClickException(f"{label}: {exc}; nothing was imported") from None
+    mail = not confirmed and not no_email
+    if mail:
+        require_real_settings(state.ctx, "send confirmation emails")
     with state.ctx.db.write() as session:
         report = apply_import(session, parsed, confirmed=confirmed)
+        awaiting = _awaiting(session, [row.email for row in parsed.rows]) if mail else []
     _print_report(report, confirmed)
-    if not report.ok:
+    failed = send_confirmations(state.ctx, awaiting)
+    if not mail and not confirmed and report.added:
+        click.echo("no confirmation emails sent (--no-email): new addresses stay pending")
+    if not report.ok or failed:
         sys.exit(1)
 
 

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from ..context import Context
     from ..timetable import Timetable
 
-from .server import web_options
-from .state import AppState, SettingsError, check_signing, pass_state
+from .server import check_listen, listen_error, web_options
+from .state import AppState, SettingsError, check_signing, pass_state, require_real_settings
 
 log = logging.getLogger("newsletter.scheduler")
 
@@ -137,6 +137,7 @@ def schedule_command(state: AppState, list_only: bool) -> None:
         _print_plan(state)
         return
     ctx = state.ctx
+    require_real_settings(ctx, "run the timetable")
     check_signing(ctx.settings)  # its digests sign: a bad key fails now, not at 07:00
     _log_job_runs()
     timetable = _timetable(ctx, blocking=True)
@@ -164,12 +165,14 @@ def run_command(
 
     If another process already runs the timetable, this one serves the web app
     only, says so in the log, and takes the timetable over when the other's lease
-    expires (so two ``run`` processes behind a load balancer are safe).
+    expires (so two run processes behind a load balancer are safe).
     """
     from ..web import create_app, serve
 
     ctx = state.ctx
+    require_real_settings(ctx, "run the timetable")
     check_signing(ctx.settings)
+    check_listen(host, port)
     _log_job_runs()
     timetable = _timetable(ctx, blocking=False)
     app = create_app(ctx)
@@ -181,7 +184,7 @@ def run_command(
         except KeyboardInterrupt:
             pass
         except OSError as exc:
-            raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+            raise click.ClickException(listen_error(host, port, exc)) from None
         finally:
             stopping()
             log.info("web app stopped; stopping the timetable")

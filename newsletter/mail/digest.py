@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..context import Context
-from ..models import Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
+from ..models import AppState, Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
 from ..stories import list_stories
 from .headers import header_safe
 from .render import render_issue
@@ -59,6 +59,37 @@ def select_stories(session: Session, settings: Settings) -> list[Story]:
     )
 
 
+NOTE_KEY = "next_digest_note"  # app_state row: the note an editor wrote in the admin
+
+
+def stored_note(session: Session) -> str:
+    """The editor's note saved for the next digest (admin), or ""."""
+    row = session.get(AppState, NOTE_KEY)
+    return row.value if row is not None else ""
+
+
+def store_note(session: Session, note: str) -> None:
+    """Save (or with "" remove) the note the next digest carries, whoever builds it."""
+    row = session.get(AppState, NOTE_KEY)
+    if not note:
+        if row is not None:
+            session.delete(row)
+    elif row is None:
+        session.add(AppState(key=NOTE_KEY, value=note))
+    else:
+        row.value = note
+    session.flush()
+
+
+def take_stored_note(session: Session) -> str:
+    """The saved note, removed: it belongs to the one digest being built (a rolled-back
+    draft puts it back)."""
+    note = stored_note(session)
+    if note:
+        store_note(session, "")
+    return note
+
+
 def digest_for(session: Session, day: date) -> Issue | None:
     """The digest issue recorded for ``day``, whatever its status."""
     return session.scalar(select(Issue).where(Issue.digest_date == day))
@@ -82,13 +113,15 @@ def build_issue(
     story_ids: Sequence[int] | None = None,
     subject: str | None = None,
     today: date | None = None,
+    note: str | None = None,
 ) -> Issue | None:
     """Create the frozen issue (flushed, not committed), or None when nothing is new.
 
     ``story_ids=None`` builds today's digest; raises :class:`AlreadySentToday` when
     one exists.  With ``story_ids`` a manual issue of exactly those stories is
     built.  ``subject`` overrides the rendered one (refused if it could break a
-    header: ``ValueError``).
+    header: ``ValueError``).  ``note`` is the editor's note above the lead
+    (default: ``NEWSLETTER_DIGEST_NOTE`` for a digest, none for a manual issue).
     """
     settings = ctx.settings
     if subject is not None:
@@ -106,11 +139,13 @@ def build_issue(
         if not stories:
             return None
         kind, digest_date = IssueKind.DIGEST, day
+        if note is None:
+            note = take_stored_note(session) or settings.digest_note
     else:
         stories = _manual_stories(session, story_ids)
         kind, digest_date = IssueKind.MANUAL, None
 
-    rendered = render_issue(ctx, stories, day)
+    rendered = render_issue(ctx, stories, day, note)
     issue = Issue(
         kind=kind,
         subject=subject or rendered.subject,

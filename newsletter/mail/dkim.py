@@ -202,10 +202,9 @@ class BodyHasher:
         self._pieces = out
 
     def digest(self, values: Sequence[bytes]) -> bytes:
-        h = hashlib.sha256()
-        for piece in self._pieces:
-            h.update(piece if isinstance(piece, bytes) else relax_piece(values[piece]))
-        return h.digest()
+        """One SHA-256 over the joined pieces: one GIL release instead of one per piece."""
+        body = b"".join(p if isinstance(p, bytes) else relax_piece(values[p]) for p in self._pieces)
+        return hashlib.sha256(body).digest()
 
 
 def _header_fields(block: bytes) -> list[tuple[bytes, bytes]]:

@@ -319,7 +319,7 @@ _THREADS_GUARD = threading.Lock()
 
 
 def _signing_threads() -> ThreadPoolExecutor:
-    """One small pool per process, a thread per usable core (made on first signed build)."""
+    """One small pool per process, sized to the usable cores (made on first signed build)."""
     global _THREADS
     with _THREADS_GUARD:
         if _THREADS is None:
@@ -327,7 +327,9 @@ def _signing_threads() -> ThreadPoolExecutor:
                 cores = len(os.sched_getaffinity(0))
             except AttributeError:  # not Linux
                 cores = os.cpu_count() or 1
-            _THREADS = ThreadPoolExecutor(max_workers=max(2, cores), thread_name_prefix="dkim")
+            # twice the cores: a thread waiting to take the GIL back after its private-key
+            # operation must not leave a core idle
+            _THREADS = ThreadPoolExecutor(max_workers=2 * cores, thread_name_prefix="dkim")
         return _THREADS
 
 

@@ -53,7 +53,14 @@ _URL_PLACEHOLDERS = frozenset({UNSUBSCRIBE_URL, ARCHIVE_URL})
 GMAIL_CLIP_BYTES = 102 * 1024
 SUBJECT_MAX = 78
 SUMMARY_MAX = 300
+BRIEF_MAX = 110  # two lines of the compact list at 600 px
+TOC_TITLE_MAX = 48  # each headline in the "In this issue" line
 PREHEADER_MAX = 140
+NOTE_MAX = 1000
+# premailer copies CSS into old presentational attributes (width="100%" height="auto"
+# on images, align, bgcolor): invalid HTML, and Outlook then sizes images from the
+# file.  The template writes the attributes it needs itself; these are never added.
+_NO_BASIC_ATTRIBUTES = ["width", "height", "align", "valign", "bgcolor"]
 
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\u202a-\u202e\u2066-\u2069]")
 _SPACES = re.compile(r"\s+")
@@ -85,6 +92,9 @@ class StoryView:
     author: str
     published: str
     source: str
+    kicker: str = ""
+    brief: str = ""
+    short_title: str = ""
 
 
 def clean_text(value: str | None, *, single_line: bool = True) -> str:
@@ -137,15 +147,19 @@ def story_view(story: Story, tz: Any) -> StoryView:
     if url:
         host = (urlsplit(url).hostname or "").lower()
         source = host.removeprefix("www.")
+    summary = clean_text(story.summary)
     return StoryView(
         title=title,
         url=url,
-        summary=truncate(clean_text(story.summary), SUMMARY_MAX),
+        summary=truncate(summary, SUMMARY_MAX),
         image_url=http_url(story.image_url),
         image_alt=clean_text(story.image_alt) or title,
         author=clean_text(story.author),
         published=published,
         source=source,
+        kicker=truncate(clean_text(story.section), 40),
+        brief=truncate(summary, BRIEF_MAX),
+        short_title=truncate(title, TOC_TITLE_MAX),
     )
 
 
@@ -217,6 +231,8 @@ def inline_css(html: str) -> str:
         keep_style_tags=False,
         remove_classes=False,
         strip_important=True,
+        disable_basic_attributes=_NO_BASIC_ATTRIBUTES,
+        align_floating_images=False,
     )
     return str(premailer.transform())
 
@@ -250,6 +266,7 @@ def _base_values(ctx: Context) -> dict[str, Any]:
         "site_name": clean_text(settings.site_name),
         "site_url": settings.base_url,
         "site_host": host,
+        "language": settings.language,
         "postal_address": clean_text(settings.postal_address),
         "greeting": GREETING,
         "unsubscribe_url": UNSUBSCRIBE_URL,
@@ -277,16 +294,31 @@ def subject_line(env: Environment, values: dict[str, Any], lead: str) -> str:
     return truncate(subject, SUBJECT_MAX)
 
 
-def render_issue(ctx: Context, stories: Sequence[Story], issue_date: date) -> Rendered:
-    """Subject, inlined HTML and plain text of one issue; per-reader parts left as placeholders."""
+def note_lines(note: str | None) -> list[str]:
+    """An editor's note as clean paragraphs (blank lines dropped), at most NOTE_MAX chars."""
+    text = truncate(clean_text(note, single_line=False), NOTE_MAX)
+    return [line for line in text.split("\n") if line]
+
+
+def render_issue(
+    ctx: Context, stories: Sequence[Story], issue_date: date, note: str | None = None
+) -> Rendered:
+    """Subject, inlined HTML and plain text of one issue; per-reader parts left as placeholders.
+
+    The first story leads (full-width picture, full summary); the rest form the
+    compact list.  ``note`` is the editor's note shown above the lead.
+    """
     if not stories:
         raise ValueError("an issue needs at least one story")
     html_env, text_env = environments(ctx.templates_dir)
     views = [story_view(story, ctx.settings.tz) for story in stories]
+    lines = note_lines(note)
     preheader = truncate(" · ".join(v.title for v in views[:3]), PREHEADER_MAX)
     values = _base_values(ctx) | {
         "stories": views,
         "lead": views[0],
+        "rest": views[1:],
+        "note": lines,
         "count": len(views),
         "issue_date": issue_date,
         "date_long": long_date(issue_date),
@@ -333,18 +365,54 @@ def render_confirmation(ctx: Context, name: str, confirm_url: str) -> Rendered:
 
 
 def public_copy(body: str, *, base_url: str, issue_id: int) -> str:
-    """A frozen issue body for the web archive: no reader's name, no reader's token.
+    """A frozen issue as a full document with no reader's name and no reader's token.
 
-    The greeting becomes a plain "Hello," and the unsubscribe link points at the
-    site (a visitor has no subscription to end).
+    The greeting is dropped and the unsubscribe link points at the site (a visitor
+    has no subscription to end).  :func:`web_body` is what the archive page shows.
     """
     return (
-        body.replace(GREETING, "Hello,")
+        body.replace(GREETING, "")
         .replace(UNSUBSCRIBE_URL, f"{base_url}/")
         .replace(ARCHIVE_URL, f"{base_url}/archive/{issue_id}")
     )
 
 
+def web_body(body: str, *, base_url: str, issue_id: int) -> tuple[str, str]:
+    """(head styles, body markup) of a frozen issue for a web page.
+
+    Everything the template marks ``email-only`` (preheader, masthead, greeting,
+    the footer's "you are receiving this", unsubscribe and postal lines) is removed:
+    the page has the site's own header and footer.  The ``<style>`` blocks are
+    returned separately so the page keeps the phone layout and dark mode.
+    """
+    import lxml.html
+
+    doc = lxml.html.document_fromstring(public_copy(body, base_url=base_url, issue_id=issue_id))
+    for element in list(doc.find_class("email-only")):
+        element.drop_tree()
+    styles = "\n".join(
+        str(lxml.html.tostring(style, encoding="unicode")) for style in doc.iter("style")
+    )
+    found = doc.find("body")
+    body_el = found if found is not None else doc
+    inner = "".join(
+        str(lxml.html.tostring(child, encoding="unicode", method="html")) for child in body_el
+    )
+    return styles, inner
+
+
+def first_name(name: str) -> str:
+    """The first word of a name ("Ana María López" -> "Ana"); "" when there is none.
+
+    A name that is only initials or an address gives "" rather than "Hi J.,".
+    """
+    word = (name or "").strip().split(" ")[0].strip(",;:")
+    if len(word.rstrip(".")) < 2 or "@" in word:
+        return ""
+    return word
+
+
 def greeting_for(name: str) -> str:
-    """The greeting line a reader sees ("Hi Ana," / "Hello,")."""
-    return f"Hi {name}," if name else "Hello,"
+    """The greeting line a reader sees ("Hi Ana,"), or nothing when no name is known."""
+    first = first_name(name)
+    return f"Hi {first}," if first else ""

@@ -140,6 +140,63 @@ def _published(entry: Any) -> datetime | None:
     return None
 
 
+_SECOND_LEVEL = frozenset({"co", "com", "org", "net", "gov", "ac", "edu", "ne", "or"})
+# Segments of a feed title that name the format, not a section ("RSS Channel").
+_TITLE_NOISE = re.compile(
+    r"\b(rss|atom|feed|channel|home|homepage|portada|front ?page|breaking news|top stories"
+    r"|latest( news)?)\b",
+    re.IGNORECASE,
+)
+SECTION_MAX = 40
+
+
+def site_domain(url: str | None) -> str:
+    """The registrable part of a URL's host ("www.bbc.co.uk" -> "bbc.co.uk"), roughly.
+
+    Good enough to tell "the feed's own site" from "somebody else's": no public
+    suffix list is needed for that.
+    """
+    host = (urlsplit(url or "").hostname or "").lower().rstrip(".")
+    labels = host.split(".")
+    keep = 3 if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL else 2
+    return ".".join(labels[-keep:])
+
+
+def section_from_title(title: str) -> str:
+    """A kicker from a feed title: "CNN.com - RSS Channel - World" -> "World".
+
+    The most specific (last) segment that is not feed furniture; the whole title
+    when every segment is.
+    """
+    segments = [p.strip() for p in re.split(r"\s+(?:-|–|—|>|»|//|\|)\s+", title) if p.strip()]
+    useful = [p for p in segments if not _TITLE_NOISE.search(p)]
+    return clean_text((useful or segments or [""])[-1], SECTION_MAX)
+
+
+def entry_section(entry: Any, feed_section: str) -> str | None:
+    """The entry's first <category>, else the feed's section."""
+    for tag in entry.get("tags") or []:
+        term = clean_title(str(tag.get("term") or ""))
+        if term and not term.startswith(("http:", "https:")):
+            return clean_text(term, SECTION_MAX)
+    return feed_section or None
+
+
+def sponsored_reason(story: StoryData, feed_link: str | None) -> str | None:
+    """Why the feed itself marks this item as an advert, or None for a story.
+
+    All three together: no date, no summary (an ad is a headline and a tracking
+    pixel), and a link off the feed's own site.  Any one alone is common in
+    editorial items (undated feeds, headline-only feeds, wire links).
+    """
+    if story.published_at is not None or story.summary or not feed_link:
+        return None
+    home, target = site_domain(feed_link), site_domain(story.url)
+    if not home or target == home:
+        return None
+    return f"no date, no summary, links off {home} to {urlsplit(story.url).hostname}"
+
+
 def entry_to_story(entry: Any, feed_link: str | None) -> StoryData:
     """Clean one feedparser entry; raises ValueError (the warning text) when unusable."""
     raw_link = entry.get("feedburner_origlink") or entry.get("link")
@@ -205,11 +262,16 @@ def parse_feed(data: bytes, headers: dict[str, str] | None = None) -> ParsedSour
     feed_link = http_url(parsed.feed.get("link")) or http_url(
         (headers or {}).get("content-location")
     )
+    feed_section = section_from_title(result.title)
     for entry in parsed.entries:
         try:
-            result.items.append(entry_to_story(entry, feed_link))
+            story = entry_to_story(entry, feed_link)
         except ValueError as exc:
             result.warnings.append(f"skipped {exc}")
+            continue
+        story.section = entry_section(entry, feed_section)
+        story.sponsored = sponsored_reason(story, feed_link)
+        result.items.append(story)
     return result
 
 

@@ -39,7 +39,9 @@ from .text import (
 log = logging.getLogger(__name__)
 
 _CANDIDATES = 200  # stories under one path compared canonically (query-string variants)
-_UPDATABLE = ("title", "url", "summary", "image_url", "image_alt", "author", "published_at")
+_UPDATABLE = (
+    "title", "url", "summary", "image_url", "image_alt", "author", "published_at", "section"
+)  # fmt: skip
 
 
 class InvalidStory(ValueError):
@@ -58,6 +60,8 @@ class SourceResult:
     error: str | None = None
     not_modified: bool = False  # a poll answered 304: nothing fetched, nothing to do
     story_ids: list[int] = field(default_factory=list)
+    # Sponsored items stored but kept out of the featured stories: (title, why).
+    left_out: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -68,9 +72,16 @@ class SourceResult:
             return f"{self.source}: FAILED: {self.error}"
         if self.not_modified:
             return f"{self.source}: not modified since the last poll"
-        return (
+        text = (
             f"{self.source}: {self.added} added, {self.updated} updated, {self.unchanged} unchanged"
         )
+        if self.left_out:
+            reasons = sorted({why for _, why in self.left_out})
+            text += (
+                f"; {len(self.left_out)} sponsored, left out of the featured stories"
+                f" ({'; '.join(reasons)})"
+            )
+        return text
 
 
 @dataclass
@@ -93,6 +104,10 @@ class ImportReport:
     def updated(self) -> int:
         return sum(r.updated for r in self.results)
 
+    @property
+    def left_out(self) -> int:
+        return sum(len(r.left_out) for r in self.results)
+
 
 # --------------------------------------------------------------------------- queries
 
@@ -110,14 +125,22 @@ def unsent_clause() -> ColumnElement[bool]:
     )
 
 
+def newest_first_terms() -> list[Any]:
+    """ORDER BY terms of "newest first" (undated stories after their import's dated ones)."""
+    return [
+        func.coalesce(Story.published_at, Story.sort_at, Story.created_at).desc(),
+        Story.published_at.is_(None),
+        Story.id.desc(),
+    ]
+
+
 def editor_order_terms() -> list[Any]:
     """ORDER BY terms of the next digest: pinned, positioned (ascending), then newest."""
     return [
         Story.pinned.desc(),
         case((Story.position.is_(None), 1), else_=0),
         Story.position,
-        func.coalesce(Story.published_at, Story.created_at).desc(),
-        Story.id.desc(),
+        *newest_first_terms(),
     ]
 
 
@@ -129,10 +152,12 @@ def list_stories(
     *,
     editor_order: bool = False,
 ) -> list[Story]:
-    """Newest first (by publication time, else by when the story was added).
+    """Newest first: by publication time; an undated story by its import's place.
 
+    An undated story sorts just after the dated stories it was imported with
+    (``sort_at``), so it never counts as the newest; without one, by import time.
     ``editor_order``: the next digest's order instead (pinned lead, then the
-    editor's positions; see :mod:`.order`).
+    editor's positions, then as above; see :mod:`.order`).
     """
     query = select(Story)
     if featured is not None:
@@ -142,9 +167,7 @@ def list_stories(
     if editor_order:
         query = query.order_by(*editor_order_terms())
     else:
-        query = query.order_by(
-            func.coalesce(Story.published_at, Story.created_at).desc(), Story.id.desc()
-        )
+        query = query.order_by(*newest_first_terms())
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))
@@ -239,14 +262,26 @@ def store(
     *,
     refeature: bool = True,
 ) -> None:
-    """Write a parsed source's stories, counting into ``result``."""
+    """Write a parsed source's stories, counting into ``result``.
+
+    Sponsored items are stored but never featured by an import (an editor can
+    still feature one by hand); undated items get a ``sort_at`` just after the
+    oldest dated story of this source, so they never sort as the newest.
+    """
     result.warnings.extend(parsed.warnings)
+    dated = [i.published_at for i in parsed.items if i.published_at is not None]
+    floor = min(dated) if dated else None
     seen: set[int] = set()
     for item in parsed.items:
-        story, outcome = upsert_story(session, item, result.source, feature, refeature=refeature)
+        wanted = feature and item.sponsored is None
+        story, outcome = upsert_story(session, item, result.source, wanted, refeature=refeature)
+        if item.published_at is None and story.published_at is None and story.sort_at != floor:
+            story.sort_at = floor
         if story.id in seen:
             continue  # two entries of one feed for the same page: one story
         seen.add(story.id)
+        if item.sponsored is not None:
+            result.left_out.append((item.title, item.sponsored))
         result.story_ids.append(story.id)
         setattr(result, outcome, getattr(result, outcome) + 1)
 

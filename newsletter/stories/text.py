@@ -61,6 +61,9 @@ class StoryData:
     image_alt: str | None = None
     author: str | None = None
     published_at: datetime | None = None
+    section: str | None = None
+    # Why the feed's own markings say this is an advert (None: an editorial story).
+    sponsored: str | None = None
 
 
 @dataclass

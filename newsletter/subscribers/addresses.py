@@ -75,3 +75,28 @@ def clean_name(raw: str | None) -> str:
         text = _INVISIBLE.sub("", text)
     text = text.replace("=?", "= ?")
     return " ".join(text.split())[:NAME_MAX].rstrip()
+
+
+def reader_reason(raw: str) -> str:
+    """Why an address was refused, in words for the person who typed it.
+
+    email-validator's messages are written for developers ("The part after the
+    @-sign is not valid. It should have a period."); the form shows these instead.
+    """
+    text = raw.strip()
+    if not text:
+        return "Please enter your email address."
+    if any(c.isspace() for c in text):
+        return "Email addresses can't contain spaces. Please check it for typos."
+    if "@" not in text:
+        return "That address is missing an @."
+    if text.count("@") > 1:
+        return "That address has more than one @. Please enter just one address."
+    local, _, domain = text.partition("@")
+    if not local:
+        return "Something is missing before the @."
+    if not domain:
+        return "Something is missing after the @ (such as example.com)."
+    if "." not in domain.strip("."):
+        return "The part after the @ needs a dot, as in example.com."
+    return "That doesn't look like a complete email address. Please check it for typos."

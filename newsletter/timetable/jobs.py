@@ -105,6 +105,8 @@ def poll_feeds(ctx: Context, stop: threading.Event | None = None) -> FeedsRun:
                 run.unchanged += 1
             else:
                 run.new += result.added
+                if result.left_out:
+                    log.info("feeds: %s", result.describe())
     return run
 
 

@@ -90,6 +90,7 @@ def create_app(ctx: Context | None = None) -> Flask:
     app.extensions["newsletter"] = state
     guard.install(app)
     app.jinja_env.globals.update(
+        language=ctx.settings.language,
         site_name=ctx.settings.site_name,
         postal_address=ctx.settings.postal_address,
         honeypot_field=HONEYPOT_FIELD,

@@ -43,9 +43,17 @@ CSRF_FIELD = "csrf_token"
 _CSRF_KEY = "csrf"
 
 _ERROR_TEXT = {
-    400: ("Bad request", "That link or form is not valid."),
+    400: (
+        "This link does not work",
+        "The link is incomplete or was changed; links often get cut short when they are"
+        " copied out of an email.",
+    ),
     403: ("Forbidden", "This request was refused."),
-    404: ("Not found", "There is nothing here."),
+    404: (
+        "Not found",
+        "There is nothing here: the page does not exist, or the subscription this link"
+        " belonged to has been deleted.",
+    ),
     405: ("Not allowed", "That method is not allowed here."),
     413: ("Too large", "That request is too large."),
     429: ("Too many requests", "Too many attempts. Please wait a while and try again."),
@@ -224,11 +232,25 @@ def _security_headers(response: Response) -> Response:
 # --------------------------------------------------------------------------- errors
 
 
+# What the reader can do next, for the errors a reader can do something about.
+_ERROR_TODO = {
+    400: "Open the link again straight from the email, or copy all of it. To stop the emails,"
+    " the Unsubscribe link in any other issue works too; to join, subscribe again below.",
+    404: "To get the emails, subscribe again below; earlier issues are in the archive.",
+    429: "",
+}
+
+
 def error_page(code: int) -> tuple[str, int]:
-    """A plain page for ``code``; falls back to bare text if even the template fails."""
+    """A plain page for ``code``; falls back to bare text if even the template fails.
+
+    Each page says what happened and, where the reader can act, what to do next.
+    """
     title, message = _ERROR_TEXT.get(code, _ERROR_TEXT[500])
+    todo = _ERROR_TODO.get(code, "")
     try:
-        return render_template("web/error.html", code=code, title=title, message=message), code
+        page = render_template("web/error.html", code=code, title=title, message=message, todo=todo)
+        return page, code
     except Exception:  # the error page must never itself raise
         log.exception("error template failed")
         return f"{code} {title}\n", code

@@ -12,7 +12,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, abort, current_app, render_template, request
 from sqlalchemy import select, text
 
 from .. import subscribers as subs
@@ -20,6 +20,7 @@ from ..context import Context
 from ..mail import addr_spec
 from ..models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from ..subscribers import ExpiredToken, InvalidToken
+from ..subscribers.addresses import reader_reason
 from . import guard
 from .confirmations import Confirmation
 from .guard import address_key, csrf_valid, error_page, ip_key, no_referrer
@@ -93,10 +94,10 @@ def subscribe() -> tuple[str, int]:
     raw_name = request.form.get("name", "")[:512]
     try:
         email = addr_spec(subs.normalise_email(raw_email))
-    except subs.InvalidEmail as exc:
+    except subs.InvalidEmail:
         return _page(
             "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
-            reason=exc.reason,
+            reason=reader_reason(raw_email),
         )  # fmt: skip
     except ValueError:  # valid, but unsafe in a header (an encoded word, ...)
         return _page(
@@ -239,8 +240,8 @@ def archive() -> tuple[str, int]:
 
 
 @blueprint.get("/archive/<int:issue_id>")
-def archive_issue(issue_id: int) -> Response:
-    from ..mail import public_copy
+def archive_issue(issue_id: int) -> tuple[str, int]:
+    from ..mail.render import long_date, web_body
 
     ctx = _ctx()
     if issue_id > MAX_ISSUE_ID:
@@ -249,10 +250,14 @@ def archive_issue(issue_id: int) -> Response:
         issue = session.get(Issue, issue_id)
         if issue is None or issue.status != IssueStatus.SENT:
             abort(404)
-        # The frozen bytes, with the per-reader placeholders made neutral.
-        html = public_copy(issue.html, base_url=ctx.settings.base_url, issue_id=issue.id)
+        # The frozen bytes without the email-only parts, inside the site's own page.
+        styles, body = web_body(issue.html, base_url=ctx.settings.base_url, issue_id=issue.id)
+        day = issue.digest_date or (issue.finished_at or issue.created_at).date()
+        subject = issue.subject
     guard.archive_page()
-    return Response(html, mimetype="text/html")
+    return _page(
+        "issue.html", subject=subject, date_long=long_date(day), issue_styles=styles, body=body
+    )
 
 
 @blueprint.get("/healthz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from _delivery_support import add_subscribers
 from _dkim_support import dns_stub, verify_all
 from click.testing import CliRunner, Result
-from conftest import SMTPServer
+from conftest import SMTPServer, free_port
 from sqlalchemy import func, select
 
 from newsletter.cli import main
@@ -126,6 +127,8 @@ def test_bad_key_is_one_line_exit_2_before_any_issue(
 ) -> None:
     key = tmp_path / "dkim.pem"
     if content is None:
+        if shutil.which("openssl") is None:
+            pytest.skip("the openssl command is not installed")
         subprocess.run(
             [
                 "openssl",
@@ -145,7 +148,15 @@ def test_bad_key_is_one_line_exit_2_before_any_issue(
         key.write_bytes(content)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update(cli_env, NEWSLETTER_DKIM_KEY_FILE=str(key), NEWSLETTER_DKIM_SELECTOR="s1")
-    for args in (["send", "--yes"], ["send", "--to", "me@example.org"], ["preview", "--eml"]):
+    port = str(free_port())
+    for args in (
+        ["send", "--yes"],
+        ["send", "--to", "me@example.org"],
+        ["preview", "--eml"],
+        ["schedule"],
+        ["run", "--port", port],
+        ["serve", "--port", port],
+    ):
         proc = subprocess.run(
             [sys.executable, "-m", "newsletter", *args],
             env=env,
@@ -153,10 +164,12 @@ def test_bad_key_is_one_line_exit_2_before_any_issue(
             capture_output=True,
             text=True,
             check=False,
+            timeout=120,  # a command that did not check would run on: fail, do not hang
         )
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: DKIM key file"), proc.stderr
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("Error: NEWSLETTER_DKIM_") and "DKIM key file" in lines[0]
         assert words in lines[0] and "Traceback" not in proc.stderr
         assert _issue_count(cli_ctx) == 0
 

@@ -20,7 +20,7 @@ def listed_ids(output: str) -> list[int]:
     return [int(m) for m in re.findall(r"^│\s*(\d+)\s*│", output, flags=re.MULTILINE)]
 
 
-def test_import_feature_and_list(cli_env: dict[str, str]) -> None:
+def test_import_feature_and_list(shared: Path, cli_env: dict[str, str]) -> None:
     result = run(
         "stories", "import", str(FEEDS / "bbc.xml"), str(FEEDS / "elpais.xml"), "--feature"
     )
@@ -45,7 +45,7 @@ def test_import_feature_and_list(cli_env: dict[str, str]) -> None:
 
 
 def test_article_import_links_to_the_configured_base(
-    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    shared: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result = run("stories", "import", str(ARTICLES))
     assert result.exit_code == 0, result.output
@@ -62,7 +62,9 @@ def test_article_import_links_to_the_configured_base(
     assert "1 story" in listed.stdout
 
 
-def test_bad_source_among_good_ones_exits_1(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_bad_source_among_good_ones_exits_1(
+    shared: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
     broken = tmp_path / "broken.rss"
     broken.write_text("<html>nope</html>", encoding="utf-8")
     result = run(

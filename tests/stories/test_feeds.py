@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import FEED_FILES, FEEDS
+from conftest import FEED_FILES, FEEDS, OWN_FEED_FILES
 
 from newsletter.stories.feeds import SourceError, parse_feed
 from newsletter.stories.text import (
     SUMMARY_CHARS,
+    StoryData,
     canonical_url,
     clean_title,
     html_to_text,
@@ -29,16 +30,44 @@ EXPECTED = {
 }
 
 
-def test_fixture_set_is_the_expected_seven() -> None:
+def test_fixture_set_is_the_expected_seven(shared: Path) -> None:
     assert sorted(p.name for p in FEED_FILES) == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("path", FEED_FILES, ids=lambda p: p.name)
-def test_every_fixture_feed_yields_clean_stories(path: Path) -> None:
+@pytest.mark.parametrize("path", FEED_FILES or [FEEDS / "bbc.xml"], ids=lambda p: p.name)
+def test_every_fixture_feed_yields_clean_stories(shared: Path, path: Path) -> None:
     parsed = parse_feed(path.read_bytes())
     assert len(parsed.items) == EXPECTED[path.name]
-    assert len({item.guid for item in parsed.items}) == len(parsed.items)
-    for item in parsed.items:
+    assert_clean(parsed.items)
+    if path.name == "elpais.xml":
+        assert any("malformed" in w for w in parsed.warnings)
+    else:
+        assert parsed.warnings == []
+
+
+# The same checks on the project's own fixtures (tests/fixtures/feeds), in every clone.
+OWN_EXPECTED = {"planet.xml": 9, "gazeta.xml": 5, "wire.xml": 5, "courier.atom": 4, "broken.xml": 3}
+
+
+@pytest.mark.parametrize("path", OWN_FEED_FILES, ids=lambda p: p.name)
+def test_every_own_fixture_feed_yields_clean_stories(path: Path) -> None:
+    parsed = parse_feed(path.read_bytes())
+    assert len(parsed.items) == OWN_EXPECTED[path.name]
+    assert_clean(parsed.items)
+    if path.name == "broken.xml":
+        assert any("malformed" in w for w in parsed.warnings)
+    else:
+        assert parsed.warnings == []
+
+
+def test_own_fixture_set_is_complete() -> None:
+    assert sorted(p.name for p in OWN_FEED_FILES) == sorted(OWN_EXPECTED)
+
+
+def assert_clean(items: list[StoryData]) -> None:
+    """What every parsed story must look like, whatever the feed did."""
+    assert len({item.guid for item in items}) == len(items)
+    for item in items:
         assert http_url(item.url) == item.url
         assert item.title and item.title == item.title.strip()
         assert not any(ord(c) < 32 for c in item.title)
@@ -51,13 +80,9 @@ def test_every_fixture_feed_yields_clean_stories(path: Path) -> None:
         if item.published_at:
             assert item.published_at.tzinfo is not None
             assert item.published_at.utcoffset() == UTC.utcoffset(None)
-    if path.name == "elpais.xml":
-        assert any("malformed" in w for w in parsed.warnings)
-    else:
-        assert parsed.warnings == []
 
 
-def test_cnn_keeps_the_original_link_not_the_feedburner_proxy() -> None:
+def test_cnn_keeps_the_original_link_not_the_feedburner_proxy(shared: Path) -> None:
     parsed = parse_feed((FEEDS / "cnn.xml").read_bytes())
     first = parsed.items[0]
     assert first.url == (
@@ -76,7 +101,7 @@ def test_cnn_keeps_the_original_link_not_the_feedburner_proxy() -> None:
     assert first.image_url and first.image_url.endswith("-super-169.jpg")
 
 
-def test_non_ascii_is_preserved_and_entities_decoded() -> None:
+def test_non_ascii_is_preserved_and_entities_decoded(shared: Path) -> None:
     elpais = parse_feed((FEEDS / "elpais.xml").read_bytes())
     conte = elpais.items[0]
     assert conte.title == (
@@ -99,13 +124,13 @@ def test_non_ascii_is_preserved_and_entities_decoded() -> None:
     assert guardian.items[0].image_url and "width=460" in guardian.items[0].image_url
 
 
-def test_timezones_become_utc() -> None:
+def test_timezones_become_utc(shared: Path) -> None:
     elmundo = parse_feed((FEEDS / "elmundo.xml").read_bytes())
     # <pubDate>Sat, 01 Jun 2019 02:49:07 +0200</pubDate>
     assert elmundo.items[0].published_at == datetime(2019, 6, 1, 0, 49, 7, tzinfo=UTC)
 
 
-def test_enclosure_image_and_media_description_alt() -> None:
+def test_enclosure_image_and_media_description_alt(shared: Path) -> None:
     huffpost = parse_feed((FEEDS / "huffpost.xml").read_bytes())
     assert huffpost.items[0].image_url == (
         "https://img.huffingtonpost.com/asset/5d386d842600004a0004557d.jpeg"

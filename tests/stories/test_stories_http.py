@@ -35,7 +35,9 @@ def state(ctx: Context, url: str) -> FeedState:
         return row
 
 
-def test_poll_uses_etag_and_a_304_imports_nothing(ctx: Context, server: FeedServer) -> None:
+def test_poll_uses_etag_and_a_304_imports_nothing(
+    shared: Path, ctx: Context, server: FeedServer
+) -> None:
     served = server.routes["/bbc.xml"] = Served((FEEDS / "bbc.xml").read_bytes())
     url = server.url("/bbc.xml")
     with ctx.db.write() as session:
@@ -72,7 +74,7 @@ def test_poll_uses_etag_and_a_304_imports_nothing(ctx: Context, server: FeedServ
     assert stories(ctx) == 38
 
 
-def test_poll_with_last_modified_only(ctx: Context, server: FeedServer) -> None:
+def test_poll_with_last_modified_only(shared: Path, ctx: Context, server: FeedServer) -> None:
     server.routes["/cnn"] = Served((FEEDS / "cnn.xml").read_bytes(), etag=None)
     url = server.url("/cnn")
     first = poll_feed_db(ctx.db, url, feature=False, timeout=5)
@@ -100,7 +102,9 @@ def test_poll_errors_are_returned_and_recorded(ctx: Context, server: FeedServer)
     assert stories(ctx) == 0
 
 
-def test_import_feed_urls_with_a_failing_and_a_slow_one(ctx: Context, server: FeedServer) -> None:
+def test_import_feed_urls_with_a_failing_and_a_slow_one(
+    shared: Path, ctx: Context, server: FeedServer
+) -> None:
     server.routes["/guardian"] = Served((FEEDS / "theguardian.xml").read_bytes())
     server.routes["/slow"] = Served((FEEDS / "bbc.xml").read_bytes(), delay=3)
     sources = [server.url("/guardian"), server.url("/missing"), server.url("/slow")]
@@ -116,7 +120,9 @@ def test_import_feed_urls_with_a_failing_and_a_slow_one(ctx: Context, server: Fe
     assert sources_stored == {server.url("/guardian")}
 
 
-def test_fetching_does_not_hold_the_sqlite_write_lock(ctx: Context, server: FeedServer) -> None:
+def test_fetching_does_not_hold_the_sqlite_write_lock(
+    shared: Path, ctx: Context, server: FeedServer
+) -> None:
     """A slow feed must not stall a send: the write lock is free while we download."""
     db_file = Path(ctx.settings.database_url.removeprefix("sqlite:///"))
     took_lock: list[bool] = []

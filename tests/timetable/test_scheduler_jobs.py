@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from _timetable_support import add_featured, add_readers, delivery_counts, serve_directory
@@ -43,7 +44,10 @@ def sctx(make_settings: Callable[..., Settings], smtp_server: SMTPServer) -> Ite
 
 
 def test_feed_job_imports_featured_and_skips_unchanged_feeds(
-    make_settings: Callable[..., Settings], feeds_base: str, caplog: pytest.LogCaptureFixture
+    shared: Path,
+    make_settings: Callable[..., Settings],
+    feeds_base: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     urls = [f"{feeds_base}/bbc.xml", f"{feeds_base}/nytimes.xml", f"{feeds_base}/missing.xml"]
     ctx = Context.open(make_settings(NEWSLETTER_FEEDS=" ".join(urls)))

@@ -112,6 +112,9 @@ def test_send_now_states_the_readers_then_sends_and_counts(web: Web) -> None:
     client = logged_in(web)
     add_subscribers(web.ctx, 12)
     _stories(web, 2)
+    follow(client, post(client, "/admin/next/note", note="Polls close at <b>8pm</b> tonight."))
+    preview = client.get("/admin/next/preview.html").get_data(as_text=True)
+    assert "Polls close at &lt;b&gt;8pm&lt;/b&gt; tonight." in preview
     confirm = client.get("/admin/next/send").get_data(as_text=True)
     assert "goes to 12 active readers" in confirm and "Send to 12 readers" in confirm
     with web.ctx.db.read() as session:
@@ -131,6 +134,9 @@ def test_send_now_states_the_readers_then_sends_and_counts(web: Web) -> None:
     final = progress()
     assert final["sent"] == final["total"] == 12 and final["left"] == 0
     assert len(web.smtp.messages) == 12
+    html = web.smtp.messages[0].message.get_body(preferencelist=("html",)).get_content()
+    assert "Polls close at &lt;b&gt;8pm&lt;/b&gt; tonight." in html  # the note went out once
+    assert "Polls close" not in client.get("/admin/next").get_data(as_text=True)
     page = client.get(issue_url).get_data(as_text=True)
     assert '<strong id="p-status">sent</strong>' in page
     again = follow(client, client.post("/admin/next/skip", data={"csrf_token": csrf_of(client)}))

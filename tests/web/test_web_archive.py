@@ -12,7 +12,7 @@ import re
 
 import pytest
 from _web_support import BASE, Web, make_web, path_of, text_part, web
-from conftest import FEEDS, Received
+from conftest import OWN_FEEDS, Received
 from sqlalchemy import update
 
 from newsletter.delivery import send as delivery
@@ -28,7 +28,7 @@ READERS = {"ana@example.com": "Ana Secretname", "bo@example.com": ""}
 def _send_digest(web: Web) -> tuple[int, dict[str, Received]]:
     """Import a fixture feed as featured, subscribe readers, build and send today's digest."""
     with web.ctx.db.write() as session:
-        stories.import_sources(session, [str(FEEDS / "bbc.xml")], feature=True)
+        stories.import_sources(session, [str(OWN_FEEDS / "planet.xml")], feature=True)
         for email, name in READERS.items():
             session.add(Subscriber(email=email, name=name, status=SubscriberStatus.ACTIVE))
     with web.ctx.db.write() as session:

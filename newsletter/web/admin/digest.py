@@ -16,7 +16,6 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
-import inspect
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -32,11 +31,11 @@ from werkzeug.wrappers import Response
 
 from ... import delivery
 from ...mail import AlreadySentToday, build_issue, build_single, local_today
-from ...models import AppState, Issue, IssueKind, IssueStatus, utcnow
+from ...mail.digest import store_note, stored_note
+from ...models import Issue, IssueKind, IssueStatus, utcnow
 from .base import admin, admin_state, confirm_page, ctx, done, editor, framed, page, web
 
-NOTE_KEY = "admin_next_note"
-NOTE_MAX = 1000
+NOTE_MAX = 1000  # the digest shows at most this much (mail.render.NOTE_MAX)
 
 
 @dataclass
@@ -66,21 +65,13 @@ def _rolled_back() -> Iterator[Session]:
         session.close()
 
 
-def note_supported() -> bool:
-    """True once the digest can carry an editor's note (``build_issue(note=...)``)."""
-    return "note" in inspect.signature(build_issue).parameters
-
-
 def read_note(session: Session) -> str:
-    row = session.get(AppState, NOTE_KEY)
-    return row.value if row is not None else ""
+    return stored_note(session)
 
 
-def _build(session: Session, note: str, today: date | None = None) -> Issue | None:
-    kwargs: dict[str, Any] = {"today": today}
-    if note and note_supported():
-        kwargs["note"] = note
-    return build_issue(session, ctx(), **kwargs)
+def _build(session: Session, today: date | None = None) -> Issue | None:
+    """The digest as ``build_issue`` makes it (the stored editor's note included)."""
+    return build_issue(session, ctx(), today=today)
 
 
 def _from_issue(issue: Issue, note: str, **extra: Any) -> Preview:
@@ -106,11 +97,11 @@ def next_preview() -> Preview | None:
             )
     with _rolled_back() as session:
         try:
-            issue = _build(session, note)
+            issue = _build(session)
             return _from_issue(issue, note) if issue is not None else None
         except AlreadySentToday as exc:
             tomorrow = local_today(ctx().settings) + timedelta(days=1)
-            issue = _build(session, note, today=tomorrow)
+            issue = _build(session, today=tomorrow)
             if issue is None:
                 return None
             why = f"Today's digest exists already (issue #{exc.issue_id}, {exc.status})."
@@ -164,7 +155,7 @@ def _recipients() -> int:
 @admin.get("/next")
 def next_digest() -> tuple[str, int]:
     preview = next_preview()
-    values: dict[str, Any] = {"preview": preview, "note_supported": note_supported()}
+    values: dict[str, Any] = {"preview": preview}
     if preview is not None:
         data = reader_copy(preview, editor().email)
         html, text = _parts(data)
@@ -192,16 +183,10 @@ def next_preview_frame() -> Response:
 
 @admin.post("/next/note")
 def next_note() -> Response:
-    note = " ".join(request.form.get("note", "").split())[:NOTE_MAX]
+    """The note above the lead of the next digest, whoever sends it (timetable, admin, CLI)."""
+    note = request.form.get("note", "").replace("\r\n", "\n").strip()[:NOTE_MAX]
     with web().write() as session:
-        row = session.get(AppState, NOTE_KEY)
-        if not note:
-            if row is not None:
-                session.delete(row)
-        elif row is None:
-            session.add(AppState(key=NOTE_KEY, value=note))
-        else:
-            row.value = note
+        store_note(session, note)
     return done("Editor's note saved." if note else "Editor's note removed.", "admin.next_digest")
 
 
@@ -242,12 +227,12 @@ def send_confirm() -> tuple[str, int] | Response:
     )
 
 
-def create_issue(note: str) -> int | None:
+def create_issue() -> int | None:
     """Freeze and enqueue today's digest (one transaction), or None if nothing to send."""
     with web().write() as session:
         if delivery.unfinished_issue(session) is not None:
             return None
-        issue = _build(session, note)
+        issue = _build(session)
         if issue is None:
             return None
         delivery.enqueue(session, issue.id)
@@ -260,10 +245,8 @@ def send_now() -> Response:
         return done("Sending needs the confirmation.", "admin.send_confirm", "error")
     if _recipients() == 0:
         return done("There are no active readers: nothing was sent.", "admin.next_digest", "error")
-    with ctx().db.read() as session:
-        note = read_note(session)
     try:
-        issue_id = create_issue(note)
+        issue_id = create_issue()
     except AlreadySentToday as exc:
         return done(f"Not sent: {exc}.", "admin.next_digest", "error")
     if issue_id is None:
@@ -271,10 +254,6 @@ def send_now() -> Response:
             "Nothing new to send (or an issue is unfinished).", "admin.next_digest", "error"
         )
     start_send(issue_id)
-    with web().write() as session:  # the note belonged to this issue
-        row = session.get(AppState, NOTE_KEY)
-        if row is not None:
-            session.delete(row)
     return done(f"Issue #{issue_id} is being sent.", "admin.issue", issue_id=issue_id)
 
 
