@@ -286,3 +286,26 @@ def _check_settings_page(web: Web) -> None:
     assert "_dmarc.example.com" in page and "v=spf1" in page
     dashboard = client.get("/admin/").get_data(as_text=True)
     assert "NEWSLETTER_SMTP_URL" not in dashboard or "hunter2" not in dashboard
+
+
+def test_preview_is_framed_without_scripts_and_scored(web: Web) -> None:
+    import shutil
+
+    make_editor(web)
+    client = logged_in(web)
+    _stories(web, 2)
+    page = client.get("/admin/next")
+    body = page.get_data(as_text=True)
+    assert '<iframe class="preview" title="Preview of the next digest" sandbox src=' in body
+    assert "bytes as sent" in body
+    assert "frame-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    frame = client.get("/admin/next/preview.html")
+    csp = frame.headers["Content-Security-Policy"]
+    assert "sandbox" in csp and "script-src" not in csp and "default-src 'none'" in csp
+    assert "frame-ancestors 'self'" in csp and frame.headers["X-Frame-Options"] == "SAMEORIGIN"
+    assert "Story 1" in frame.get_data(as_text=True)
+    if shutil.which("spamassassin") is None:
+        return  # the page says it is not available; nothing more to check here
+    scored = client.get("/admin/next?spam=1").get_data(as_text=True)
+    assert re.search(r"score=-?\d+\.\d+ required=", scored), scored[-3000:]

@@ -9,10 +9,12 @@ in flight, exactly as for a 5.7.x refusal); resuming un-pauses and sends the res
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import abort, jsonify, request, url_for
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from ... import delivery
@@ -27,13 +29,10 @@ MAX_ID = 2**63 - 1
 ASSETS = {"admin.js": "text/javascript"}
 
 
-def _issue_or_404(session: object, issue_id: int) -> Issue:
-    if issue_id > MAX_ID:
-        abort(404)
-    issue = session.get(Issue, issue_id)  # type: ignore[attr-defined]
+def _issue_or_404(session: Session, issue_id: int) -> Issue:
+    issue = session.get(Issue, issue_id) if issue_id <= MAX_ID else None
     if issue is None:
         abort(404)
-    assert isinstance(issue, Issue)
     return issue
 
 
@@ -150,13 +149,10 @@ def issue_pause(issue_id: int) -> Response:
     )
 
 
-def _start(issue_id: int, label: str, fn: object) -> bool:
+def _start(issue_id: int, label: str, fn: Callable[..., object]) -> bool:
+    """Run ``fn(ctx, issue_id)`` (``delivery.resume`` or ``retry_failed``) in a thread."""
     context = ctx()
-    return admin_state().start(
-        issue_id,
-        label,
-        lambda: fn(context, issue_id),  # type: ignore[operator]
-    )
+    return admin_state().start(issue_id, label, lambda: fn(context, issue_id))
 
 
 @admin.post("/issues/<int:issue_id>/resume")

@@ -18,7 +18,7 @@ from werkzeug.wrappers import Response
 
 from ... import subscribers as subs
 from ...models import Delivery, Issue, Subscriber, SubscriberStatus
-from .base import admin, confirm_page, ctx, done, page, web
+from .base import admin, ctx, done, page, web
 from .hooks import reader_events
 
 PAGE_SIZE = 50
@@ -192,6 +192,3 @@ def reader_remove(reader_id: int) -> Response:
     if removal.erased:
         return done(f"{removal.email} is erased.", "admin.readers")
     return done(f"{removal.email} is unsubscribed.", "admin.reader", reader_id=reader_id)
-
-
-__all__ = ["confirm_page", "search"]
