@@ -25,7 +25,7 @@ from newsletter.stories import add_story
 
 __all__ = ["make_web", "web"]  # fixtures
 
-FEED = Path(__file__).resolve().parent.parent / "fixtures" / "feeds" / "newsroom.xml"
+FEED = Path(__file__).resolve().parent.parent / "fixtures" / "feeds" / "wire.xml"
 
 
 def post(client: FlaskClient, path: str, /, **data: Any) -> Any:
@@ -84,14 +84,14 @@ def test_feature_add_and_reimport_a_configured_feed(make_web: Any) -> None:
         make_editor(web)
         client = logged_in(web)
         page = follow(client, post(client, "/admin/stories/import", feed=url))
-        assert "4 added" in page
+        assert "5 added" in page
         assert feeds.statuses("/featured.xml") == [200]
         again = follow(client, post(client, "/admin/stories/import", feed=url))
-        assert "0 added" in again and "4 unchanged" in again
+        assert "0 added" in again and "5 unchanged" in again
         refused = follow(client, post(client, "/admin/stories/import", feed="http://127.0.0.1:1/x"))
         assert "Only the feeds in NEWSLETTER_FEEDS" in refused
     with web.ctx.db.read() as session:
-        story = session.scalars(select(Story).where(Story.title.like("%night buses%"))).one()
+        story = session.scalars(select(Story).where(Story.title.like("%regional elections%"))).one()
         assert story.featured
     post(client, f"/admin/stories/{story.id}/feature", featured="0")
     with web.ctx.db.read() as session:
@@ -104,7 +104,7 @@ def test_feature_add_and_reimport_a_configured_feed(make_web: Any) -> None:
     bad = follow(client, post(client, "/admin/stories/add", title="No link", url="javascript:x"))
     assert "not added" in bad
     filtered = client.get("/admin/stories?featured=no").get_data(as_text=True).split('id="all"')[1]
-    assert "night buses" in filtered and "By hand</a>" not in filtered
+    assert "regional elections" in filtered and "By hand</a>" not in filtered
 
 
 def test_send_now_states_the_readers_then_sends_and_counts(web: Web) -> None:
