@@ -122,12 +122,12 @@ class IssueRow:
 
 def _complaints(session: Session, ids: Sequence[int]) -> dict[int, int]:
     """Complaints per issue, once the bounce stage records them (0 before)."""
-    column = getattr(Delivery, "complained_at", None)
+    column = getattr(Delivery, "bounce_type", None)
     if column is None:
         return {}
     rows = session.execute(
         select(Delivery.issue_id, func.count())
-        .where(Delivery.issue_id.in_(ids), column.is_not(None))
+        .where(Delivery.issue_id.in_(ids), column == "complaint")
         .group_by(Delivery.issue_id)
     )
     return {int(i): int(n) for i, n in rows}
