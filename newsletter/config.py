@@ -89,6 +89,15 @@ class Settings:
     language: str = "en"
     digest_note: str | None = None
     # Not settings: which placeholder defaults are still in force (``first_run_problems``).
+    bounce_address: str | None = None
+    bounce_mailbox: str | None = None
+    bounce_poll_minutes: int = 10
+    soft_bounce_limit: int = 3
+    mailgun_signing_key: str | None = None
+    postmark_webhook_token: str | None = None
+    sendgrid_public_key: str | None = None
+    ses_topic_arns: tuple[str, ...] = ()
+    # Not settings: which placeholder defaults are still in force (``first_run_problems``).
     unset: frozenset[str] = field(default=frozenset(), compare=False, metadata={"setting": False})
 
     @property
@@ -544,5 +553,35 @@ def _load_rest(get: Callable[[str], str | None], kwargs: dict[str, object]) -> S
         kwargs["language"] = _language(v)
     if (v := get("DIGEST_NOTE")) is not None:
         kwargs["digest_note"] = _no_control(f"{PREFIX}DIGEST_NOTE", v)
+    _bounce_settings(get, kwargs)
     kwargs["unset"] = frozenset(name for name in PLACEHOLDER_SETTINGS if name.lower() not in kwargs)
     return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+_SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}")
+
+
+def _bounce_settings(get: Callable[[str], str | None], kwargs: dict[str, object]) -> None:
+    """Bounce handling (issue 11): the VERP address, the mailbox, provider secrets."""
+    if (v := get("BOUNCE_ADDRESS")) is not None:
+        name = f"{PREFIX}BOUNCE_ADDRESS"
+        _no_control(name, v)
+        local, at, domain = v.rpartition("@")
+        if not (at and local and "." in domain and v.isascii()) or any(c in v for c in " <>+,"):
+            raise ConfigError(f"{name}: expected a plain address such as bounces@example.org")
+        kwargs["bounce_address"] = v
+    if (v := get("BOUNCE_MAILBOX")) is not None:
+        kwargs["bounce_mailbox"] = _no_control(f"{PREFIX}BOUNCE_MAILBOX", v)
+    if (v := get("BOUNCE_POLL_MINUTES")) is not None:
+        kwargs["bounce_poll_minutes"] = _int(f"{PREFIX}BOUNCE_POLL_MINUTES", v, 1, 7 * 24 * 60)
+    if (v := get("SOFT_BOUNCE_LIMIT")) is not None:
+        kwargs["soft_bounce_limit"] = _int(f"{PREFIX}SOFT_BOUNCE_LIMIT", v, 1, 1000)
+    for key in ("MAILGUN_SIGNING_KEY", "POSTMARK_WEBHOOK_TOKEN", "SENDGRID_PUBLIC_KEY"):
+        if (v := get(key)) is not None:
+            kwargs[key.lower()] = _no_control(PREFIX + key, v)
+    if (v := get("SES_TOPIC_ARNS")) is not None:
+        arns = tuple(a for a in re.split(r"[\s,]+", v) if a)
+        for arn in arns:
+            if not _SNS_ARN.fullmatch(arn):
+                raise ConfigError(f"{PREFIX}SES_TOPIC_ARNS: not an SNS topic ARN: {arn!r}")
+        kwargs["ses_topic_arns"] = arns

@@ -61,6 +61,18 @@ class SubscriberStatus(enum.StrEnum):
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+    COMPLAINED = "complained"  # reported us as spam: never mailed again, never re-imported
+
+
+class BounceType(enum.StrEnum):
+    """What a returned message or provider event says (newsletter.bounces.classify)."""
+
+    HARD = "hard"
+    SOFT = "soft"
+    POLICY = "policy"  # the receiver refused *us*: the subscriber is untouched
+    COMPLAINT = "complaint"
+    AUTOREPLY = "autoreply"
+    NONE = "none"
 
 
 class IssueKind(enum.StrEnum):
@@ -157,6 +169,8 @@ class Subscriber(Base):
     confirm_sent_at: Mapped[datetime | None]
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
     source: Mapped[str] = mapped_column(String(32), default="cli")  # web | cli | import
+    # Soft-bounce history lives in bounce_events (type soft, this subscriber_id).
+    complained_at: Mapped[datetime | None]
 
 
 class Issue(Base):
@@ -214,8 +228,39 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]
     last_code: Mapped[int | None] = mapped_column(Integer)
     last_response: Mapped[str | None] = mapped_column(Text)
-    message_id: Mapped[str | None] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     sent_at: Mapped[datetime | None]
+    # A bounce or complaint that came back after the 250 (newsletter.bounces).
+    bounce_type: Mapped[BounceType | None] = mapped_column(_enum(BounceType, "bounce_type"))
+    bounce_status: Mapped[str | None] = mapped_column(String(32))
+    bounce_text: Mapped[str | None] = mapped_column(Text)
+    bounced_at: Mapped[datetime | None]
+
+
+class BounceEvent(Base):
+    """One recipient's finding from one returned message or provider event.
+
+    ``message_key`` (the message's Message-ID, else a hash of its bytes, or the
+    provider's event id; ``#n`` for its n-th recipient after the first) is unique:
+    reading a mailbox again records nothing twice.  ``action`` says what was done.
+    """
+
+    __tablename__ = "bounce_events"
+    __table_args__ = (Index("ix_bounce_events_subscriber_type", "subscriber_id", "type"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    message_key: Mapped[str] = mapped_column(String(255), unique=True)
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    type: Mapped[BounceType] = mapped_column(_enum(BounceType, "bounce_event_type"))
+    status: Mapped[str | None] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text, default="")
+    issue_id: Mapped[int | None] = mapped_column(ForeignKey("issues.id", ondelete="SET NULL"))
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE")
+    )
+    action: Mapped[str] = mapped_column(String(200), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Lease(Base):

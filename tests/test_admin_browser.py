@@ -211,7 +211,10 @@ def test_editor_journey_in_chromium(
 
 
 def axe_script() -> Path:
-    """axe-core's browser bundle from the npm cache folder, installed on first use."""
+    """axe-core's browser bundle: the project's vendored copy, else npm into a cache folder."""
+    vendored = ROOT / "tests" / "fixtures" / "axe" / "axe.min.js"
+    if vendored.exists():
+        return vendored
     script = AXE_CACHE / "node_modules" / "axe-core" / "axe.min.js"
     if script.exists():
         return script

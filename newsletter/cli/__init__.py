@@ -43,9 +43,22 @@ def main(click_ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from . import admin, dkim, preview, sending, server, stories, subscribers, timetable, users
+    from . import (
+        admin,
+        bounces,
+        dkim,
+        preview,
+        sending,
+        server,
+        stories,
+        subscribers,
+        timetable,
+        users,
+    )
 
-    for module in (stories, subscribers, preview, sending, server, timetable, admin, dkim, users):
+    for module in (
+        stories, subscribers, preview, sending, server, timetable, admin, dkim, bounces, users,
+    ):  # fmt: skip
         for command in module.COMMANDS:
             main.add_command(command)
 

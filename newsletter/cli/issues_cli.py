@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from .sendview import console, run_issue
+
+if TYPE_CHECKING:
+    from ..bounces.report import IssueBounces
 from .state import AppState, check_signing, pass_state, require_real_settings
 
 _STYLE = {"sent": "green", "sending": "yellow", "paused": "red", "cancelled": "dim"}
@@ -67,6 +72,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
     from rich.table import Table
     from sqlalchemy import func, select
 
+    from ..bounces.report import issue_bounces
     from ..delivery import lease_name, ledger, quota
     from ..lease import current
     from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
@@ -82,6 +88,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
         quota_left = quota.allowance(session, ctx.settings, 1)
         used = quota.used_today(session, ctx.settings) if ctx.settings.daily_limit else 0
         stories = [(link.story.id, link.story.title) for link in issue.stories]
+        came_back = issue_bounces(session, issue_id)
         errors = session.execute(
             select(Delivery.status, Delivery.last_code, Delivery.last_response, func.count())
             .where(
@@ -123,6 +130,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
         table.add_row(kind.value, f"{counts[kind]:,}")
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values()):,}[/bold]")
     console.print(table)
+    _print_bounces(came_back)
     left = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
     if left and status is IssueStatus.SENDING and quota_left is not None and quota_left.count == 0:
         console.print(f"{left:,} queued until tomorrow: {quota_left.reason}")
@@ -134,6 +142,27 @@ def show_issue(state: AppState, issue_id: int) -> None:
         for row_status, code, text, n in errors:
             err.add_row(DeliveryStatus(row_status).value, f"{code or ''} {text}".strip(), f"{n:,}")
         console.print(err)
+
+
+def _print_bounces(report: IssueBounces) -> None:
+    """Bounced/complained/policy counts after the 250 (issue 11), and the policy warning."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..models import BounceType
+
+    table = Table("After delivery", "Count")
+    for label, kind in (
+        ("Bounced (hard)", BounceType.HARD),
+        ("Soft bounces", BounceType.SOFT),
+        ("Complained", BounceType.COMPLAINT),
+        ("Policy (refused us)", BounceType.POLICY),
+    ):
+        table.add_row(label, f"{report.count(kind):,}")
+    console.print(table)
+    warning = report.policy_warning
+    if warning is not None:  # the diagnostic is a remote server's text: no markup
+        console.print(Text("Warning: " + warning, style="bold red"))
 
 
 @issues_group.command("resume")

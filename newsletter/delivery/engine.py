@@ -151,7 +151,8 @@ class Run:
                 if not self.cancel.is_set() and (
                     self.bucket is None or self.bucket.acquire(self.cancel)
                 ):
-                    outcome = self.transport.send(sender, job.email, built.data)
+                    envelope = getattr(built, "envelope_from", None) or sender  # VERP if set
+                    outcome = self.transport.send(envelope, job.email, built.data)
             except BaseException as exc:  # handed to the main thread, which re-raises
                 outcome = exc
             self.results.put((job, built, outcome))

@@ -117,7 +117,8 @@ def unfinished_issue(session: Session) -> Issue | None:
 def _default_build(ctx: Context, issue: Issue) -> BuildFn:
     from ..mail import MessageFactory
 
-    return MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text).build
+    kind = issue.kind.value
+    return MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text, kind=kind).build
 
 
 def _take_lease(ctx: Context, issue_id: int, holder: Holder, ttl: timedelta) -> None:

@@ -32,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from ..config import Settings
 from ..context import Context
 from . import headers
 from .dkim import BodyHasher, DkimSigner
@@ -41,7 +42,7 @@ from .render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL, greeting_for, http_u
 __all__ = ["BuiltMessage", "MessageFactory", "build_single", "header_safe"]
 
 # Slots: indexes into the per-recipient values tuple.
-_TO, _DATE, _MSGID, _UNSUB, _GREET_TEXT, _GREET_HTML, _UNSUB_TEXT, _UNSUB_HTML = range(8)
+_TO, _DATE, _MSGID, _UNSUB, _GREET_TEXT, _GREET_HTML, _UNSUB_TEXT, _UNSUB_HTML, _TAG = range(9)
 _BODY_SLOTS = {
     ("text", GREETING): _GREET_TEXT,
     ("html", GREETING): _GREET_HTML,
@@ -63,9 +64,12 @@ class BuiltMessage:
     first read of ``data``.  ``cryptography`` releases the GIL during the private-key
     operation, so signing threads and connection threads run on all cores while the
     engine's main thread only fills in templates.
+
+    ``envelope_from`` is the VERP sender (``bounces+TAG@domain``) when
+    NEWSLETTER_BOUNCE_ADDRESS is set; None means NEWSLETTER_FROM's address.
     """
 
-    __slots__ = ("_data", "_future", "_sign", "message_id")
+    __slots__ = ("_data", "_future", "_sign", "envelope_from", "message_id")
 
     def __init__(
         self,
@@ -73,8 +77,10 @@ class BuiltMessage:
         data: bytes,
         sign: Callable[[bytes], bytes] | None = None,
         future: Future[bytes] | None = None,
+        envelope_from: str | None = None,
     ) -> None:
         self.message_id = message_id
+        self.envelope_from = envelope_from
         self._data = data
         self._sign = sign
         self._future = future
@@ -148,6 +154,8 @@ class _Compiled:
         archive_url: str,
         list_unsubscribe: bool,
         fixed_unsubscribe_url: str | None = None,
+        feedback: str | None = None,
+        tagged: bool = False,
     ) -> None:
         settings = ctx.settings
         subject = clean_header_text(subject)
@@ -170,6 +178,10 @@ class _Compiled:
                 "ascii"
             ),
         ]
+        if tagged:  # names the delivery even when a relay rewrites the envelope
+            pieces += [b"X-Newsletter-Tag: ", _TAG, b"\r\n"]
+        if feedback is not None:  # verp.feedback_id: [A-Za-z0-9._:-] only
+            pieces.append(f"Feedback-ID: {feedback}\r\n".encode("ascii"))
         if list_unsubscribe:
             pieces += [
                 b"List-Unsubscribe: <",
@@ -226,6 +238,12 @@ class _Compiled:
         return self._hasher
 
 
+def _list_name(settings: Settings) -> str:
+    """The list's short name for Feedback-ID: the List-Id's slug."""
+    value = headers.list_id(settings.site_name, settings.from_email)
+    return value.rpartition("<")[2].split(".", 1)[0]
+
+
 def _body_pieces(part: str, body: str) -> list[bytes | int]:
     """QP-encode ``body`` around its placeholders, each between two soft line breaks."""
     out: list[bytes | int] = []
@@ -260,7 +278,17 @@ class _DateCache:
 class MessageFactory:
     """Per-issue compiled message; :meth:`build` is the per-recipient hot path."""
 
-    def __init__(self, ctx: Context, issue_id: int, subject: str, html: str, text: str) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        issue_id: int,
+        subject: str,
+        html: str,
+        text: str,
+        kind: str = "digest",
+    ) -> None:
+        from newsletter.bounces.verp import TagSigner, feedback_id
+
         settings = ctx.settings
         base = header_safe(settings.base_url)
         if http_url(base) is None:
@@ -273,8 +301,13 @@ class MessageFactory:
             text,
             archive_url=f"{base}/archive/{issue_id}",
             list_unsubscribe=True,
+            feedback=feedback_id(issue_id, kind, _list_name(settings), self._sender_domain(ctx)),
+            tagged=True,
         )
         self._domain = self._compiled.domain
+        self._tags = TagSigner(ctx.secret_key)
+        bounce = settings.bounce_address
+        self._verp = bounce.rpartition("@") if bounce else None
         self._tokens = ctx.tokens
         self._prefix = f"{base}/unsubscribe/"
         self._prefix_escapes = html_module.escape(self._prefix) != self._prefix
@@ -282,6 +315,10 @@ class MessageFactory:
         self._nonce = secrets.token_hex(5)
         self._counter = itertools.count(1)
         self._dates = _DateCache()
+
+    @staticmethod
+    def _sender_domain(ctx: Context) -> str:
+        return headers.addr_spec(ctx.settings.from_email).rpartition("@")[2]
 
     @property
     def signs(self) -> bool:
@@ -296,6 +333,7 @@ class MessageFactory:
             f"<{self.issue_id}.{subscriber_id}.{self._nonce}{next(self._counter)}@{self._domain}>"
         )
         url_qp = qp_open(url)
+        tag = self._tags.tag(self.issue_id, subscriber_id)
         values = (
             headers.address(name, email).encode("ascii"),
             self._dates.now(),
@@ -305,12 +343,16 @@ class MessageFactory:
             qp_open(html_module.escape(greeting)),
             url_qp,
             qp_open(html_module.escape(url)) if self._prefix_escapes else url_qp,
+            tag.encode("ascii"),
         )
         data = self._compiled.format % self._compiled.pick(values)
+        verp = self._verp
+        envelope = f"{verp[0]}+{tag}@{verp[2]}" if verp is not None else None
         sign = self._compiled.signer(self._signer, values)
         if sign is not None and SIGN_AHEAD:
-            return BuiltMessage(message_id, b"", future=_signing_threads().submit(sign, data))
-        return BuiltMessage(message_id, data, sign)
+            future = _signing_threads().submit(sign, data)
+            return BuiltMessage(message_id, b"", future=future, envelope_from=envelope)
+        return BuiltMessage(message_id, data, sign, envelope_from=envelope)
 
 
 SIGN_AHEAD = True  # False: sign in the thread that reads ``data`` (bench/bench_dkim.py compares)
@@ -359,6 +401,9 @@ def build_single(
             raise ValueError("unsubscribe_url must be an http(s) URL")
         unsubscribe_url = checked
     archive = f"{base}/archive/{issue_id}" if issue_id is not None else f"{base}/archive"
+    from newsletter.bounces.verp import feedback_id
+
+    sender = headers.addr_spec(settings.from_email).rpartition("@")[2]
     compiled = _Compiled(
         ctx,
         subject,
@@ -367,6 +412,7 @@ def build_single(
         archive_url=archive,
         list_unsubscribe=unsubscribe_url is not None,
         fixed_unsubscribe_url=None if unsubscribe_url is not None else f"{base}/",
+        feedback=feedback_id(issue_id or 0, "single", _list_name(settings), sender),
     )
     name = clean_header_text(to_name)
     greeting = greeting_for(name)

@@ -269,6 +269,8 @@ def _existing(session: Session, emails: list[str]) -> dict[str, Any]:
 def _skip_reason(status: SubscriberStatus, unsubscribed_at: datetime | None, bounces: int) -> str:
     if status is SubscriberStatus.BOUNCED:
         return f"the address bounced ({bounces} bounce(s)); an import never re-adds it"
+    if status is SubscriberStatus.COMPLAINED:
+        return "the reader reported our mail as spam; an import never re-adds it"
     since = f" on {unsubscribed_at:%Y-%m-%d}" if unsubscribed_at else ""
     return f"unsubscribed{since}; an import never re-subscribes anyone"
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from ..models import BounceEvent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 
 # Address and name rules live in .addresses; re-exported, callers use them from here.
 from .addresses import NAME_MAX as NAME_MAX
@@ -37,7 +37,9 @@ from .addresses import clean_name as clean_name
 from .addresses import normalise_email as normalise_email
 
 IP_MAX = 64
-SUPPRESSED = frozenset({SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED})
+SUPPRESSED = frozenset(
+    {SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED}
+)
 
 
 class Suppressed(ValueError):
@@ -59,6 +61,8 @@ def suppression_reason(subscriber: Subscriber) -> str:
         return (
             f"bounced ({subscriber.bounce_count} bounce(s)): never re-added by the CLI or an import"
         )
+    if subscriber.status is SubscriberStatus.COMPLAINED:
+        return "reported our mail as spam: never mailed again, never re-added"
     when = subscriber.unsubscribed_at
     since = f" on {when:%Y-%m-%d}" if when is not None else ""
     return f"unsubscribed{since}: never re-added by the CLI or an import"
@@ -127,7 +131,8 @@ def request_subscription(
       person can come back, but only by confirming (the address stays suppressed
       until then, and an unconfirmed request never turns it into a purgeable
       pending row);
-    * active: None, nothing to send (the web page answers the same either way).
+    * active or complained: None, nothing to send (the web page answers the same
+      either way; someone who reported us as spam gets no mail, not even this).
 
     ``confirm_sent_at`` is set to ``now``: it marks the open request that
     :func:`confirm` requires before it reactivates a suppressed row, and it
@@ -152,8 +157,8 @@ def request_subscription(
         session.add(subscriber)
         session.flush()
         return subscriber
-    if subscriber.status is SubscriberStatus.ACTIVE:
-        return None
+    if subscriber.status in (SubscriberStatus.ACTIVE, SubscriberStatus.COMPLAINED):
+        return None  # a complainer gets no mail at all, not even a confirmation
     if name:
         subscriber.name = name
     subscriber.confirm_sent_at = now
@@ -269,8 +274,9 @@ def remove(
 ) -> Removal:
     """Unsubscribe ``email`` keeping the row, or with ``erase`` delete all their data.
 
-    Erasure deletes the subscriber row and every delivery row (which hold their
-    Message-IDs and SMTP replies that may quote the address).  Afterwards the
+    Erasure deletes the subscriber row, every delivery row (which hold their
+    Message-IDs and SMTP replies that may quote the address) and every recorded
+    bounce or complaint that names them or the address.  Afterwards the
     address is no longer known, so it is no longer suppressed either: that is
     what erasure means.  Raises :class:`UnknownSubscriber` / :class:`InvalidEmail`.
     """
@@ -284,6 +290,14 @@ def remove(
     deleted = session.execute(
         delete(Delivery)
         .where(Delivery.subscriber_id == subscriber.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(  # bounce reports quote the address, matched to this row or not
+        delete(BounceEvent)
+        .where(
+            (BounceEvent.subscriber_id == subscriber.id)
+            | (BounceEvent.recipient == subscriber.email)
+        )
         .execution_options(synchronize_session=False)
     )
     session.delete(subscriber)

@@ -58,6 +58,7 @@ LEASE_NAME = "scheduler"
 DEFAULT_LEASE_TTL = Settings.scheduler_lease_seconds
 UPKEEP_MINUTES = 5
 DIGEST_JOB, FEEDS_JOB, UPKEEP_JOB = "digest", "feeds", "upkeep"
+BOUNCES_JOB = "bounces"
 
 
 def lease_ttl(settings: Settings) -> float:
@@ -149,6 +150,17 @@ def build_scheduler(
             next_run_time=now,
             replace_existing=True,
         )
+    if settings.bounce_mailbox:
+        minutes = settings.bounce_poll_minutes
+        scheduler.add_job(
+            _bounces_job,
+            IntervalTrigger(minutes=minutes, start_date=now, timezone=settings.tz),
+            args=[ctx],
+            id=BOUNCES_JOB,
+            name=f"read bounces from NEWSLETTER_BOUNCE_MAILBOX every {minutes} min",
+            next_run_time=now,
+            replace_existing=True,
+        )
     scheduler.add_job(
         _upkeep_job,
         IntervalTrigger(minutes=UPKEEP_MINUTES, start_date=now, timezone=settings.tz),
@@ -171,6 +183,10 @@ def _digest_job(ctx: Context, trigger: DigestTrigger, stop: threading.Event | No
 
 def _feeds_job(ctx: Context, stop: threading.Event | None) -> None:
     jobs.logged("feeds", lambda: jobs.poll_feeds(ctx, stop))
+
+
+def _bounces_job(ctx: Context) -> None:
+    jobs.logged("bounces", lambda: jobs.poll_bounces(ctx))
 
 
 def _upkeep_job(ctx: Context, stop: threading.Event | None) -> None:

@@ -35,7 +35,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from ..context import Context
-from . import guard, public
+from . import guard, public, webhooks
 from .admin.views import admin_blueprint
 from .confirmations import ConfirmationMailer
 from .guard import Limits
@@ -96,6 +96,7 @@ def create_app(ctx: Context | None = None) -> Flask:
         honeypot_field=HONEYPOT_FIELD,
     )
     app.register_blueprint(public.blueprint)
+    app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(admin_blueprint())
     return app
 

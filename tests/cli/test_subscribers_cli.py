@@ -52,7 +52,7 @@ def test_add_list_remove_journey(cli_env: dict[str, str]) -> None:
     assert listing.exit_code == 0
     assert "alice@example.com" in listing.stdout and "Alice Liddell" in listing.stdout
     assert listing.stdout.rstrip().endswith(
-        "2 subscribers (0 pending, 2 active, 0 unsubscribed, 0 bounced)"
+        "2 subscribers (0 pending, 2 active, 0 unsubscribed, 0 bounced, 0 complained)"
     )
 
     removed = run("remove", "alice@EXAMPLE.com")
@@ -274,5 +274,7 @@ def test_big_lists_print_the_same_columns_without_rich(
     plain_lines = run("list").stdout.splitlines()
     assert [line.rstrip() for line in plain_lines] == [line.rstrip() for line in rich_lines]
     assert plain_lines[0].split() == ["ID", "Email", "Name", "Status", "Joined", "Confirmed"]
-    assert plain_lines[-1] == "5 subscribers (0 pending, 5 active, 0 unsubscribed, 0 bounced)"
+    assert plain_lines[-1] == (
+        "5 subscribers (0 pending, 5 active, 0 unsubscribed, 0 bounced, 0 complained)"
+    )
     assert len(plain_lines) == 7

@@ -35,6 +35,8 @@ REQUIRED = [
     "List-Id",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "X-Newsletter-Tag",  # issue 11: names the delivery for bounces
+    "Feedback-ID",
     "Content-Type",
 ]
 

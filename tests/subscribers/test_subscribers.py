@@ -460,4 +460,5 @@ def test_list_and_counts(ctx: Context) -> None:
         SubscriberStatus.ACTIVE: 2,
         SubscriberStatus.UNSUBSCRIBED: 0,
         SubscriberStatus.BOUNCED: 0,
+        SubscriberStatus.COMPLAINED: 0,
     }

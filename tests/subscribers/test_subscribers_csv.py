@@ -178,7 +178,7 @@ def test_status_column_carries_opt_outs_from_another_system(ctx: Context) -> Non
     )
     report = run_import(ctx, data, confirmed=True)
     assert [(p.line, p.reason) for p in report.rejected] == [
-        (7, "unknown status 'vip' (expected pending, active, unsubscribed, bounced)")
+        (7, "unknown status 'vip' (expected pending, active, unsubscribed, bounced, complained)")
     ]
     assert report.suppressed == 3
     assert {email: status for email, (_, status) in rows(ctx).items()} == {

@@ -19,7 +19,6 @@ from ...config import Settings
 from ...models import AppState, Delivery, Issue, IssueStatus
 
 POLICY_SPIKE = 0.01  # policy bounces above 1 % of an issue's deliveries (as `issues show`)
-MAILBOX_STATE_KEY = "bounce_mailbox_error"  # app_state row the bounce poll leaves on failure
 
 
 def _events() -> Any:
@@ -64,7 +63,9 @@ def extra_warnings(session: Session, settings: Settings) -> list[str]:
                     f"Issue #{issue_id}: {policy:,} of {total:,} deliveries came back as policy "
                     f"bounces, receivers refusing us rather than the readers{why}."
                 )
-    state = session.get(AppState, MAILBOX_STATE_KEY)
+    from ...timetable.jobs import MAILBOX_ERROR_KEY
+
+    state = session.get(AppState, MAILBOX_ERROR_KEY)
     if settings_mailbox(settings) and state is not None:
         out.append(f"The bounce mailbox could not be read: {state.value}")
     return out
