@@ -244,6 +244,19 @@ def test_ip_throttle_after_20_failures_across_accounts(web: Web) -> None:
     assert login(client, ip="192.0.2.50").status_code == 303  # another IP is fine
 
 
+def test_ipv6_clients_are_throttled_by_their_64(web: Web) -> None:
+    from newsletter.web.admin.accounts import record_event
+
+    make_editor(web)
+    with web.ctx.db.write() as session:
+        for i in range(20):
+            record_event(session, f"g{i}@news.example.com", "2001:db8:1:2::/64", "failed",
+                         utcnow() - timedelta(minutes=1))  # fmt: skip
+    client = web.client()
+    assert login(client, ip="2001:db8:1:2::beef").status_code == 429
+    assert login(client, ip="2001:db8:1:3::beef").status_code == 303
+
+
 def test_a_success_clears_the_account_count(web: Web) -> None:
     make_editor(web)
     client = web.client()

@@ -266,7 +266,11 @@ def test_settings_mask_secrets(env: dict[str, str], smtp_server: Any) -> None:
     from newsletter.context import Context
     from newsletter.web.app import create_app, web_state
 
-    settings = web_settings(env, NEWSLETTER_SMTP_URL="smtp://mailer:hunter2-secret@127.0.0.1:2525")
+    settings = web_settings(
+        env,
+        NEWSLETTER_SMTP_URL="smtp://mailer:hunter2-secret@127.0.0.1:2525",
+        NEWSLETTER_BOUNCE_MAILBOX="imaps://bounces:mailbox-secret@imap.example.com/INBOX",
+    )
     ctx = Context.open(settings)
     app = create_app(ctx)
     web = Web(ctx, app, smtp_server)
@@ -282,6 +286,7 @@ def _check_settings_page(web: Web) -> None:
     client = logged_in(web)
     page = client.get("/admin/settings").get_data(as_text=True)
     assert "hunter2-secret" not in page and "test-secret-key-0123456789" not in page
+    assert "mailbox-secret" not in page and "imaps://bounces:****@imap.example.com/INBOX" in page
     assert "smtp://mailer:****@127.0.0.1:2525" in page
     assert "_dmarc.example.com" in page and "v=spf1" in page
     dashboard = client.get("/admin/").get_data(as_text=True)

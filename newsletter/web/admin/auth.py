@@ -26,7 +26,7 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response
 
 from ...models import User
-from ..guard import csrf_valid, error_page
+from ..guard import csrf_valid, error_page, ip_key
 from .accounts import MAX_PASSWORD, attempt_login, fingerprint, record_logout
 from .base import Editor, admin, client_ip, ctx, page, web
 
@@ -124,7 +124,7 @@ def login_post() -> Any:
     password = request.form.get("password", "")[: MAX_PASSWORD + 1]
     target = _safe_next(request.form.get("next"))
     with web().write() as db:
-        result = attempt_login(db, email, password, client_ip())
+        result = attempt_login(db, email, password, _throttle_ip())
         user = result.user
         who = (user.id, fingerprint(user)) if user is not None else None
     if result.throttled:
@@ -143,6 +143,12 @@ def login_post() -> Any:
     session.permanent = True
     session[_KEY] = {"uid": who[0], "fp": who[1], "seen": int(time.time())}
     return redirect(target or url_for("admin.dashboard"), code=303)
+
+
+def _throttle_ip() -> str:
+    """The client's address as the throttle counts it: IPv4 as is, IPv6 by its /64
+    (a host is handed a whole /64 and could rotate through it)."""
+    return ip_key(client_ip()).removeprefix("ip:")
 
 
 @admin.post("/logout")
