@@ -100,6 +100,7 @@ def test_complaints_and_bounces_show_on_issue_reader_and_dashboard(web: Web) -> 
     assert 'policy: 5.7.1 blocked using zen.spamhaus.org</td><td class="num">2' in diag
     history = client.get(f"/admin/subscribers/{first}").get_data(as_text=True)
     assert "complaint" in history and "abuse report from a feedback loop" in history
+    assert "<th scope=\"row\">Complained</th>" in history
     bounces = client.get("/admin/bounces").get_data(as_text=True)
     matched = bounces.split("What came back")[1].split("Unmatched messages")[0]
     assert matched.count("zen.spamhaus.org") == 2 and "recorded" in matched
