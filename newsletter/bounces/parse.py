@@ -24,6 +24,7 @@ candidates here; the caller checks the tag's signature (see :mod:`.verp`).
 from __future__ import annotations
 
 import email
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -34,6 +35,11 @@ from . import classify as cls
 from .verp import TAG_PATTERN
 
 __all__ = ["Finding", "analyse"]
+
+# flufl.bounce logs a traceback for any detector that trips on odd MIME before
+# re-raising; we catch it (see _flufl) and read the message our own way, so the
+# traceback would only alarm whoever runs ``bounces scan``.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 TYPES = ("hard", "soft", "policy", "complaint", "autoreply", "none")
 
@@ -119,6 +125,9 @@ _SENDER_LINE = re.compile(
     r"(^|\b)(from|mail from|sender|envelope-from|return-path|reply-to|original sender|"
     r"message-id|x-postfix-sender)\b\s*[:=]?",
     re.IGNORECASE,
+)
+_NOT_A_READER = re.compile(
+    r"(postmaster|mailer-?daemon|hostmaster|abuse|no-?reply|noreply)@|[0-9a-f.$-]{20,}@", re.I
 )
 _RCPT_TO = re.compile(r"RCPT TO:\s*<?([^\s>]+@[^\s>]+)>?", re.IGNORECASE)
 _SMTP_REPLY = re.compile(
@@ -491,7 +500,11 @@ def _text_recipients(msg: Message, notice: str) -> list[str]:
     for address in found:
         if address not in own and not _VERP.search(address):
             seen.setdefault(address, None)
-    return list(seen)
+    candidates = list(seen)
+    if len(candidates) > 1:  # drop role addresses from boilerplate and id-like strings
+        people = [a for a in candidates if not _NOT_A_READER.match(a)]
+        candidates = people or candidates
+    return candidates
 
 
 def _header(msg: Message, name: str) -> str:
@@ -507,6 +520,10 @@ def _flufl(msg: Message) -> list[str]:
     from flufl.bounce import all_failures
 
     _drop_originals(msg)
+    for key in {k for k, v in msg.items() if not isinstance(v, str)}:  # 8-bit headers
+        value = str(msg.get(key, ""))
+        del msg[key]
+        msg[key] = value.encode("ascii", "replace").decode("ascii")
     try:
         temporary, permanent = all_failures(msg)
     except Exception:  # a detector tripping on odd MIME: our own reading follows

@@ -7,6 +7,7 @@ next time, and its Message-ID (or hash) in ``bounce_events`` makes that harmless
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from .sources import open_source
 from .verp import TagSigner
 
 __all__ = ["ScanLine", "ScanSummary", "matcher_for", "scan"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,12 @@ def scan(
         source = open_source(spec, dry_run=dry_run, ssl_context=ssl_context)
         try:
             for item in source.items():
-                findings = analyse(item.raw)
+                try:
+                    findings = analyse(item.raw)
+                except Exception:  # a parser bug must not stop the scan or lose the message
+                    log.exception("bounces: cannot analyse %s; left in place", item.key)
+                    summary.unreadable.append(item.key)
+                    continue
                 session_factory = ctx.db.read if dry_run else ctx.db.write
                 with session_factory() as session:
                     applied = record(

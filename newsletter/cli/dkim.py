@@ -4,7 +4,8 @@ Neither opens the database: a key and its DNS record are prepared before the fir
 send.  ``keygen`` writes the key 0600 and never overwrites a file; ``record`` prints,
 for every configured key, the TXT record to publish at
 ``<selector>._domainkey.<From domain>``, the value split into strings of at most 255
-characters as DNS requires (RFC 7208 3.3 style, which DNS UIs and zone files accept).
+characters as DNS requires (RFC 1035 character-strings; receivers join them, RFC 6376
+3.6.2.2).
 """
 
 from __future__ import annotations

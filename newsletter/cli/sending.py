@@ -230,6 +230,7 @@ def send_command(
         console.print("Nothing new to send: no featured stories that have not gone out yet.")
         return
     _show_draft(draft, recipients, via)
+    _show_quota(ctx, recipients)
     if dry_run:
         console.print("[yellow]Dry run:[/yellow] nothing was sent or recorded.")
         return
@@ -243,6 +244,24 @@ def send_command(
         console.print("Nothing new to send.")
         return
     run_issue(ctx, issue_id, "Sending", delivery.send_issue, finished_ok=True)
+
+
+def _show_quota(ctx: Context, recipients: int) -> None:
+    """With NEWSLETTER_DAILY_LIMIT: how many go today and how many wait for tomorrow."""
+    from ..delivery import quota
+
+    limit = ctx.settings.daily_limit
+    if not limit:
+        return
+    with ctx.db.read() as session:
+        allowed = quota.allowance(session, ctx.settings, recipients)
+        used = quota.used_today(session, ctx.settings)
+    console.print(f"[bold]Daily limit:[/bold] {used:,} of {limit:,} used today")
+    if allowed.count < recipients:
+        console.print(
+            f"  {allowed.count:,} go today, {recipients - allowed.count:,} stay queued until "
+            f"tomorrow (00:00 {ctx.settings.timezone})"
+        )
 
 
 def open_transport_description(ctx: Context) -> str:

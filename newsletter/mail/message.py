@@ -363,6 +363,8 @@ _THREADS_GUARD = threading.Lock()
 def _signing_threads() -> ThreadPoolExecutor:
     """One small pool per process, sized to the usable cores (made on first signed build)."""
     global _THREADS
+    if _THREADS is not None:
+        return _THREADS
     with _THREADS_GUARD:
         if _THREADS is None:
             try:

@@ -104,6 +104,7 @@ def test_send_and_issues_show_say_until_tomorrow(
     runner = CliRunner()
     sent = runner.invoke(main, ["send", "--yes"], catch_exceptions=False)
     assert sent.exit_code == 1
+    assert "3 go today, 2 stay queued until tomorrow" in sent.output  # said before sending
     assert "2 deliveries stay queued until tomorrow" in sent.output
     assert "daily limit of 3 messages reached" in sent.output
     assert len(smtp_server.messages) == 3
