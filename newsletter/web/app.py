@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from ..context import Context
 from . import guard, public, webhooks
+from .admin.base import shutdown_sends
 from .admin.views import admin_blueprint
 from .confirmations import ConfirmationMailer
 from .guard import Limits
@@ -146,6 +147,7 @@ def serve(
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        shutdown_sends(app)
         web_state(app).mailer.close()
 
 

@@ -314,3 +314,28 @@ def test_preview_is_framed_without_scripts_and_scored(web: Web) -> None:
         return  # the page says it is not available; nothing more to check here
     scored = client.get("/admin/next?spam=1").get_data(as_text=True)
     assert re.search(r"score=-?\d+\.\d+ required=", scored), scored[-3000:]
+
+
+def test_a_server_shutdown_ends_an_admin_send_cleanly(make_web: Any) -> None:
+    from newsletter import delivery
+    from newsletter.web.admin.base import shutdown_sends
+
+    web = make_web(NEWSLETTER_SEND_RATE="10")
+    make_editor(web)
+    client = logged_in(web)
+    add_subscribers(web.ctx, 40)
+    _stories(web, 1)
+    issue_url = post(client, "/admin/next/send", confirmed="yes").headers["Location"]
+    issue_id = int(issue_url.rsplit("/", 1)[1])
+    wait_for(lambda: len(web.smtp.messages) >= 3, timeout=60)
+    shutdown_sends(web.app)  # what serve() does on SIGTERM
+    with web.ctx.db.read() as session:
+        counts = {k.value: v for k, v in delivery.ledger.counts(session, issue_id).items()}
+        status = session.get(Issue, issue_id).status  # type: ignore[union-attr]
+    assert counts["sending"] == 0 and counts["queued"] > 0 and counts["sent"] >= 3
+    assert status is IssueStatus.SENDING
+    assert counts["sent"] == len(web.smtp.messages)  # nothing in flight was lost
+    summary = delivery.resume(web.ctx, issue_id)  # the timetable's upkeep, or issues resume
+    assert summary.counts[delivery.ledger.DeliveryStatus.SENT] == 40
+    recipients = [r for m in web.smtp.messages for r in m.rcpt_tos]
+    assert len(recipients) == len(set(recipients)) == 40  # nobody twice

@@ -14,7 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
 from ...context import Context
@@ -57,10 +67,18 @@ class AdminState:
     runs: dict[int, threading.Thread] = field(default_factory=dict)
     spam_scores: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)  # set when serve ends
 
     def start(self, issue_id: int, label: str, fn: Callable[[], object]) -> bool:
-        """Run ``fn`` for ``issue_id`` in a thread unless one is running already."""
+        """Run ``fn`` for ``issue_id`` in a thread unless one is running already.
+
+        ``fn`` must honour :attr:`stop` (the delivery functions' ``stop=``): when the
+        server shuts down, sends finish the messages in flight and leave the rest
+        queued for ``issues resume`` or the timetable's upkeep.
+        """
         with self.lock:
+            if self.stop.is_set():
+                return False
             running = self.runs.get(issue_id)
             if running is not None and running.is_alive():
                 return False
@@ -75,6 +93,14 @@ class AdminState:
             self.runs[issue_id] = thread
             thread.start()
             return True
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop every send after the messages in flight and wait for them."""
+        self.stop.set()
+        with self.lock:
+            threads = list(self.runs.values())
+        for thread in threads:
+            thread.join(timeout)
 
     def running(self, issue_id: int) -> bool:
         with self.lock:
@@ -97,6 +123,13 @@ def admin_state() -> AdminState:
         state = current_app.extensions["newsletter_admin"] = AdminState()
     assert isinstance(state, AdminState)
     return state
+
+
+def shutdown_sends(app: Flask) -> None:
+    """Called when the server stops: admin sends end cleanly (see :meth:`AdminState.start`)."""
+    state = app.extensions.get("newsletter_admin")
+    if isinstance(state, AdminState):
+        state.shutdown()
 
 
 def editor() -> Editor:

@@ -258,8 +258,10 @@ def send_now() -> Response:
 
 
 def start_send(issue_id: int) -> bool:
-    context = ctx()
-    return admin_state().start(issue_id, "send", lambda: delivery.send_issue(context, issue_id))
+    context, state = ctx(), admin_state()
+    return state.start(
+        issue_id, "send", lambda: delivery.send_issue(context, issue_id, stop=state.stop)
+    )
 
 
 @admin.post("/next/skip")

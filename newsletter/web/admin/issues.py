@@ -151,8 +151,8 @@ def issue_pause(issue_id: int) -> Response:
 
 def _start(issue_id: int, label: str, fn: Callable[..., object]) -> bool:
     """Run ``fn(ctx, issue_id)`` (``delivery.resume`` or ``retry_failed``) in a thread."""
-    context = ctx()
-    return admin_state().start(issue_id, label, lambda: fn(context, issue_id))
+    context, state = ctx(), admin_state()
+    return state.start(issue_id, label, lambda: fn(context, issue_id, stop=state.stop))
 
 
 @admin.post("/issues/<int:issue_id>/resume")
