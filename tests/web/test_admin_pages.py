@@ -20,7 +20,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from newsletter.mail import AlreadySentToday, build_issue
-from newsletter.models import Delivery, Issue, IssueStatus, Story, Subscriber, SubscriberStatus
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    Story,
+    Subscriber,
+    SubscriberStatus,
+)
 from newsletter.stories import add_story
 
 __all__ = ["make_web", "web"]  # fixtures
@@ -336,6 +344,6 @@ def test_a_server_shutdown_ends_an_admin_send_cleanly(make_web: Any) -> None:
     assert status is IssueStatus.SENDING
     assert counts["sent"] == len(web.smtp.messages)  # nothing in flight was lost
     summary = delivery.resume(web.ctx, issue_id)  # the timetable's upkeep, or issues resume
-    assert summary.counts[delivery.ledger.DeliveryStatus.SENT] == 40
+    assert summary.counts[DeliveryStatus.SENT] == 40
     recipients = [r for m in web.smtp.messages for r in m.rcpt_tos]
     assert len(recipients) == len(set(recipients)) == 40  # nobody twice
