@@ -347,3 +347,26 @@ def test_a_server_shutdown_ends_an_admin_send_cleanly(make_web: Any) -> None:
     assert summary.counts[DeliveryStatus.SENT] == 40
     recipients = [r for m in web.smtp.messages for r in m.rcpt_tos]
     assert len(recipients) == len(set(recipients)) == 40  # nobody twice
+
+
+def test_csv_import_takes_files_over_the_public_form_limit(web: Web) -> None:
+    import io
+
+    make_editor(web)
+    client = logged_in(web)
+    rows = "".join(f"big{i:05d}@example.org,Reader {i}\n" for i in range(4000))
+    big = ("email,name\n" + rows).encode()
+    assert 64 * 1024 < len(big) < 5 * 1024 * 1024
+    response = client.post(
+        "/admin/subscribers/import",
+        data={"csrf_token": csrf_of(client), "file": (io.BytesIO(big), "big.csv")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200 and "4000 added" in response.get_data(as_text=True)
+    huge = b"email\n" + b"x" * (5 * 1024 * 1024)
+    refused = client.post(
+        "/admin/subscribers/import",
+        data={"csrf_token": csrf_of(client), "file": (io.BytesIO(huge), "huge.csv")},
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 413
