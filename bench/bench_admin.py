@@ -7,7 +7,7 @@ page 1 and page 2,000; a search scans only until it has a page of matches (a
 rare match, or none, scans the table once).  It prints the median and p90 of
 ``--repeat`` requests per case.  Figures, not a test:
 
-    python bench/bench_admin.py [--readers 100000] [--repeat 20]
+    python bench/bench_admin.py [--readers 100000] [--issues 3] [--repeat 20]
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readers", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--issues", type=int, default=3, help="sent issues, each to every reader")
     args = parser.parse_args()
 
-    from sqlalchemy import insert
+    from sqlalchemy import insert, text
 
     from newsletter.config import load_settings
     from newsletter.context import Context
-    from newsletter.models import Subscriber, utcnow
+    from newsletter.models import Issue, IssueKind, IssueStatus, Subscriber, utcnow
     from newsletter.web.admin.accounts import add_user
     from newsletter.web.app import create_app, web_state
 
@@ -65,6 +66,19 @@ def main() -> None:
                 ]
                 session.execute(insert(Subscriber.__table__), rows)
             add_user(session, "bench@news.example.com", "bench passphrase 123")
+            for n in range(args.issues):  # each sent to every active reader
+                issue = Issue(kind=IssueKind.MANUAL, subject=f"Issue {n}", status=IssueStatus.SENT,
+                              html="<p>x</p>", text="x", preheader="", started_at=now)  # fmt: skip
+                session.add(issue)
+                session.flush()
+                session.execute(
+                    text(
+                        "INSERT INTO deliveries (issue_id, subscriber_id, status, attempts,"
+                        " sent_at) SELECT :i, id, 'sent', 1, :t FROM subscribers"
+                        " WHERE status = 'active'"
+                    ),
+                    {"i": issue.id, "t": now.replace(tzinfo=None)},
+                )
         app = create_app(ctx)
         client = app.test_client()
         client.environ_base.update({"wsgi.url_scheme": "https", "HTTP_HOST": "news.example.com"})
@@ -85,8 +99,14 @@ def main() -> None:
             "search, common match (q=reader00)": "/admin/subscribers?q=reader00",
             "search, one match (q=reader0000042@)": "/admin/subscribers?q=reader0000042%40",
             "search, no match (q=nobody)": "/admin/subscribers?q=nobody",
+            f"dashboard ({args.issues} issues to every reader)": "/admin/",
+            "issues list": "/admin/issues",
+            "one issue": "/admin/issues/1",
         }
-        print(f"{args.readers:,} readers, {args.repeat} requests per case (Flask test client)")
+        print(
+            f"{args.readers:,} readers, {args.issues} issues sent to every active reader, "
+            f"{args.repeat} requests per case (Flask test client)"
+        )
         print(f"{'case':40} {'median':>9} {'p90':>9}")
         for label, url in cases.items():
             times = []

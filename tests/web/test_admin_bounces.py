@@ -100,7 +100,7 @@ def test_complaints_and_bounces_show_on_issue_reader_and_dashboard(web: Web) -> 
     assert 'policy: 5.7.1 blocked using zen.spamhaus.org</td><td class="num">2' in diag
     history = client.get(f"/admin/subscribers/{first}").get_data(as_text=True)
     assert "complaint" in history and "abuse report from a feedback loop" in history
-    assert "<th scope=\"row\">Complained</th>" in history
+    assert '<th scope="row">Complained</th>' in history
     bounces = client.get("/admin/bounces").get_data(as_text=True)
     matched = bounces.split("What came back")[1].split("Unmatched messages")[0]
     assert matched.count("zen.spamhaus.org") == 2 and "recorded" in matched
@@ -124,3 +124,33 @@ def test_an_unreadable_bounce_mailbox_is_a_warning_until_it_reads(
     readable = make_web(NEWSLETTER_BOUNCE_MAILBOX=str(maildir))
     poll_bounces(readable.ctx)  # the same database: a good poll clears the warning
     assert warning not in client.get("/admin/").get_data(as_text=True)
+
+
+def test_unsubscribed_after_counts_readers_who_left_before_the_next_issue(web: Web) -> None:
+    from datetime import timedelta
+
+    from newsletter.models import Issue
+    from newsletter.web.admin.stats import issue_rows
+
+    make_editor(web)
+    first_issue, (a, b, c) = _sent_issue(web, 3)
+    second_issue = make_issue(web.ctx, "Second")
+    now = utcnow()
+    with web.ctx.db.write() as session:
+        session.execute(
+            update(Issue).where(Issue.id == first_issue).values(started_at=now - timedelta(days=2))
+        )
+        session.execute(
+            update(Issue).where(Issue.id == second_issue).values(started_at=now - timedelta(days=1))
+        )
+        for sid, when in ((a, now - timedelta(days=1, hours=12)), (b, now - timedelta(hours=2)),
+                          (c, now - timedelta(days=3))):  # fmt: skip
+            session.execute(
+                update(Subscriber)
+                .where(Subscriber.id == sid)
+                .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=when)
+            )
+    with web.ctx.db.read() as session:
+        rows = {r.id: r for r in issue_rows(session)}
+    assert rows[first_issue].unsubscribed_after == 1  # a; b left after the second; c before
+    assert rows[second_issue].unsubscribed_after == 0  # nobody has received the second yet
