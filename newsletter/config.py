@@ -64,6 +64,8 @@ class Settings:
     timezone: str = "UTC"
     feeds: tuple[str, ...] = ()
     feed_poll_minutes: int = 15
+    feed_timeout: float = 30.0
+    feeds_allow_private: bool | tuple[str, ...] = False  # True, or allowed networks
     max_stories: int = 10
     send_rate: float = 0.0
     smtp_connections: int = 4
@@ -181,6 +183,33 @@ def _seconds(name: str, value: str) -> float:
     if not 0.01 <= number <= 86_400:
         raise ConfigError(f"{name}: seconds between 0.01 and 86400, got {value!r}")
     return number
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
+def _allow_private(value: str) -> bool | tuple[str, ...]:
+    """1/0 (any private address / none), or the networks feeds may use ("10.1.2.0/24, ::1")."""
+    name = f"{PREFIX}FEEDS_ALLOW_PRIVATE"
+    if value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return _flag(name, value)
+    import ipaddress
+
+    networks = tuple(item for item in re.split(r"[\s,]+", value) if item)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: expected 1, 0 or a list of IP networks, got {network!r}"
+            ) from None
+    return networks
 
 
 def _cron_second(value: str) -> str:
@@ -503,6 +532,10 @@ def _load_rest(get: Callable[[str], str | None], kwargs: dict[str, object]) -> S
     ):
         if (v := get(key)) is not None:
             kwargs[attr] = _int(PREFIX + key, v, minimum, maximum)
+    if (v := get("FEED_TIMEOUT")) is not None:
+        kwargs["feed_timeout"] = _seconds(f"{PREFIX}FEED_TIMEOUT", v)
+    if (v := get("FEEDS_ALLOW_PRIVATE")) is not None:
+        kwargs["feeds_allow_private"] = _allow_private(v)
     if (v := get("SEND_RATE")) is not None:
         kwargs["send_rate"] = _float(f"{PREFIX}SEND_RATE", v)
     if (v := get("SMTP_TIMEOUT")) is not None:

@@ -13,10 +13,12 @@ from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -26,7 +28,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 def utcnow() -> datetime:
@@ -117,6 +119,15 @@ NAMING = {
 }
 
 
+def without_nul(value: str | None) -> str | None:
+    """Text as a database can hold it on every backend: PostgreSQL refuses NUL bytes.
+
+    The importers already strip them; this is the last guard for every other way
+    text reaches a story or a subscriber (the CLI, the web form, the admin).
+    """
+    return value.replace("\x00", "") if value is not None and "\x00" in value else value
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
@@ -148,6 +159,12 @@ class Story(Base):
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     position: Mapped[int | None] = mapped_column(Integer)
 
+    @validates(
+        "guid", "title", "url", "summary", "image_url", "image_alt", "author", "source", "section"
+    )
+    def _no_nul(self, _key: str, value: str | None) -> str | None:
+        return without_nul(value)
+
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
@@ -169,8 +186,15 @@ class Subscriber(Base):
     confirm_sent_at: Mapped[datetime | None]
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
     source: Mapped[str] = mapped_column(String(32), default="cli")  # web | cli | import
+    # Bumped on every unsubscribe and every new signup: a confirm token carries the
+    # epoch it was minted in, so a link from before the person left stays dead.
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Soft-bounce history lives in bounce_events (type soft, this subscriber_id).
     complained_at: Mapped[datetime | None]
+
+    @validates("email", "name", "consent_ip", "source")
+    def _no_nul(self, _key: str, value: str | None) -> str | None:
+        return without_nul(value)
 
 
 class Issue(Base):
@@ -235,6 +259,10 @@ class Delivery(Base):
     bounce_status: Mapped[str | None] = mapped_column(String(32))
     bounce_text: Mapped[str | None] = mapped_column(Text)
     bounced_at: Mapped[datetime | None]
+    # The sender working this row (``host:pid:token``) and until when its claim holds;
+    # only a row whose claim has expired may be taken back (DESIGN "Delivery semantics" 7).
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claim_expires_at: Mapped[datetime | None]
 
 
 class BounceEvent(Base):
@@ -274,6 +302,30 @@ class Lease(Base):
     pid: Mapped[int] = mapped_column(Integer)
     acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class RateWindow(Base):
+    """A deployment-wide send rate (GCRA): when the next message is theoretically due.
+
+    Every sender process asks this row for its share (one ``UPDATE … RETURNING``), so
+    NEWSLETTER_SEND_RATE holds for the deployment, not per process.
+    """
+
+    __tablename__ = "rate_windows"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tat_us: Mapped[int] = mapped_column(BigInteger, default=0)  # µs since the epoch
+    granted: Mapped[int] = mapped_column(Integer, default=0)  # the last request's share
+
+
+class Throttle(Base):
+    """Hits per key in its current window: the web app's limits, shared by every process."""
+
+    __tablename__ = "throttles"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    window_start: Mapped[float] = mapped_column(Float, index=True)  # epoch seconds
+    hits: Mapped[int] = mapped_column(Integer)
 
 
 class FeedState(Base):

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+from _databases import folder_database_url
 from conftest import feed_set
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -32,7 +33,7 @@ from newsletter.stories.store import import_sources
 def base_env(folder: Path) -> dict[str, str]:
     """The same settings as conftest's ``env`` fixture, for module-scoped contexts."""
     return {
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{folder / 'subscribers.db'}",
+        "NEWSLETTER_DATABASE_URL": folder_database_url(folder),
         "NEWSLETTER_OUTBOX": str(folder / "outbox"),
         "NEWSLETTER_FROM": "The Daily Digest <news@example.com>",
         "NEWSLETTER_BASE_URL": "https://news.example.com",

@@ -151,9 +151,11 @@ def process_env(tmp_path: Path, smtp_url: str, port: int, **extra: str) -> dict[
     """The environment for ``newsletter`` subprocesses: this test's DB, SMTP and URL."""
     import os
 
+    from _databases import folder_database_url
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     values = {
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
+        "NEWSLETTER_DATABASE_URL": folder_database_url(tmp_path, "served.db"),
         "NEWSLETTER_SMTP_URL": smtp_url,
         "NEWSLETTER_BASE_URL": f"http://127.0.0.1:{port}",
         "NEWSLETTER_SECRET_KEY": "served-secret-key-0123456789",

@@ -1,8 +1,9 @@
 """Shared fixtures: real SQLite files in a temp folder, real settings, a real SMTP server.
 
 Nothing here is a mock: ``smtp_server`` is an aiosmtpd ``Controller`` on 127.0.0.1
-that keeps every message it accepts, and ``make_context`` opens a fresh migrated
-SQLite database per test.
+that keeps every message it accepts, and every test gets a database of its own:
+a SQLite file, or (``NEWSLETTER_TEST_DATABASE_URL`` naming a PostgreSQL server) a
+fresh database there, dropped after the test (see ``_databases``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _databases import drop_all, drop_database, new_database_url, on_postgres
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -106,17 +108,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On PostgreSQL, tests about SQLite itself (files, pragmas, locking) are skipped."""
+    if not on_postgres():
+        return
+    skip = pytest.mark.skip(reason="about SQLite itself (NEWSLETTER_TEST_DATABASE_URL is set)")
+    for item in items:
+        if "sqlite_only" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drop_all()
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def new_database(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Make more databases for one test (``new_database("b.db")``); dropped after it."""
+    made: list[str] = []
+
+    def factory(filename: str = "other.db", migrated: bool = True) -> str:
+        url = new_database_url(tmp_path, filename, migrated=migrated)
+        made.append(url)
+        return url
+
+    yield factory
+    for url in made:
+        drop_database(url)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """This test's database: a SQLite file in tmp_path, or a fresh PostgreSQL database."""
+    url = new_database_url(tmp_path)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str) -> dict[str, str]:
     """NEWSLETTER_* variables for a test: its own database, outbox and secret."""
     return {
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'subscribers.db'}",
+        "NEWSLETTER_DATABASE_URL": database_url,
         "NEWSLETTER_OUTBOX": str(tmp_path / "outbox"),
         "NEWSLETTER_FROM": "The Daily Digest <news@example.com>",
         "NEWSLETTER_BASE_URL": "https://news.example.com",
         "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
         "NEWSLETTER_POSTAL_ADDRESS": "1 Fleet Street, London EC4Y 1AA",
         "NEWSLETTER_SITE_NAME": "The Daily Digest",
+        # The tests' feed servers listen on 127.0.0.1, which production refuses (SSRF).
+        "NEWSLETTER_FEEDS_ALLOW_PRIVATE": "1",
     }
 
 

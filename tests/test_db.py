@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import time_machine
+from _databases import on_postgres
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
@@ -57,8 +58,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db(make_settings: Callable[..., Settings], db_path: Path) -> Iterator[Database]:
-    database = Database.open(make_settings(NEWSLETTER_DATABASE_URL=f"sqlite:///{db_path}"))
+def db(make_settings: Callable[..., Settings], database_url: str) -> Iterator[Database]:
+    database = Database.open(make_settings(NEWSLETTER_DATABASE_URL=database_url))
     yield database
     database.dispose()
 
@@ -67,10 +68,11 @@ def db(make_settings: Callable[..., Settings], db_path: Path) -> Iterator[Databa
 
 
 def test_migration_from_an_empty_database(
-    make_settings: Callable[..., Settings], tmp_path: Path
+    make_settings: Callable[..., Settings], tmp_path: Path, new_database: Callable[..., str]
 ) -> None:
-    path = tmp_path / "nested" / "dir" / "new.db"  # parent folders are created
-    settings = make_settings(NEWSLETTER_DATABASE_URL=f"sqlite:///{path}")
+    path = tmp_path / "nested" / "dir" / "new.db"  # parent folders are created (SQLite)
+    url = new_database("nested/dir/new.db", migrated=False)
+    settings = make_settings(NEWSLETTER_DATABASE_URL=url)
     bare = Database.open(settings, migrate=False)
     try:
         assert current_revision(bare.engine) is None
@@ -81,7 +83,7 @@ def test_migration_from_an_empty_database(
         assert upgrade(bare.engine) is False  # idempotent
     finally:
         bare.dispose()
-    assert path.is_file()
+    assert path.is_file() or on_postgres()
 
 
 def test_migrations_match_the_models(db: Database) -> None:
@@ -95,15 +97,18 @@ def test_opening_migrates_automatically_and_cli_db_upgrade(cli_env: dict[str, st
     result = CliRunner().invoke(main, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("database at revision ")
-    path = Path(cli_env["NEWSLETTER_DATABASE_URL"].removeprefix("sqlite:///"))
-    with sqlite3.connect(path) as conn:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    engine = create_db_engine(cli_env["NEWSLETTER_DATABASE_URL"])
+    try:
+        names = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
     assert TABLES | {"alembic_version"} <= names
 
 
 # --- SQLite connection settings ---------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_every_connection_gets_the_pragmas(db: Database) -> None:
     for _ in range(2):  # a fresh pooled connection and a reused one
         with db.engine.connect() as conn:
@@ -132,6 +137,7 @@ def _other_writer_is_blocked(path: Path) -> bool:
         other.close()
 
 
+@pytest.mark.sqlite_only
 def test_write_sessions_begin_immediate_and_reads_stay_deferred(
     db: Database, db_path: Path
 ) -> None:
@@ -162,6 +168,7 @@ def test_write_commits_and_rolls_back_on_error(db: Database) -> None:
         assert session.scalars(select(Subscriber.email)).all() == ["kept@example.com"]
 
 
+@pytest.mark.sqlite_only
 def test_a_second_writer_waits_instead_of_failing(db: Database) -> None:
     holding = threading.Event()
     release = threading.Event()
@@ -215,11 +222,9 @@ def test_status_columns_refuse_unknown_values(db: Database) -> None:
 
 
 def test_secret_key_generated_once_and_shared_through_the_database(
-    make_settings: Callable[..., Settings], db_path: Path
+    make_settings: Callable[..., Settings], database_url: str
 ) -> None:
-    settings = make_settings(
-        NEWSLETTER_DATABASE_URL=f"sqlite:///{db_path}", NEWSLETTER_SECRET_KEY=""
-    )
+    settings = make_settings(NEWSLETTER_DATABASE_URL=database_url, NEWSLETTER_SECRET_KEY="")
     assert settings.secret_key is None
     first = Context.open(settings)
     second = Context.open(settings)  # another process on the same database
@@ -410,13 +415,56 @@ def test_subscriber_ids_are_never_reused_after_an_erase(ctx: Context) -> None:
     assert ctx.tokens.read_unsubscribe(token) == old_id  # points at nobody now
 
 
-def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+def test_migrations_build_exactly_the_models(new_database: Callable[..., str]) -> None:
     """A model change without its Alembic migration fails here, not in production."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    engine = create_db_engine(new_database("fresh.db", migrated=False))
     upgrade(engine)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     engine.dispose()
+
+
+def _schema(url: str) -> dict[str, dict[str, object]]:
+    """What the migrations built, in backend-neutral terms (names, nullability, keys)."""
+    engine = create_db_engine(url)
+    try:
+        upgrade(engine)
+        insp = inspect(engine)
+        out: dict[str, dict[str, object]] = {}
+        for table in sorted(insp.get_table_names()):
+            out[table] = {
+                "columns": {c["name"]: bool(c["nullable"]) for c in insp.get_columns(table)},
+                "primary key": tuple(insp.get_pk_constraint(table)["constrained_columns"]),
+                "unique": sorted(
+                    (u["name"] or "", tuple(u["column_names"]))
+                    for u in insp.get_unique_constraints(table)
+                ),
+                "indexes": sorted(
+                    (i["name"] or "", tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
+                    for i in insp.get_indexes(table)
+                    if not i.get("duplicates_constraint")  # PostgreSQL's unique-constraint index
+                ),
+                "foreign keys": sorted(
+                    (fk["referred_table"], tuple(fk["constrained_columns"]))
+                    for fk in insp.get_foreign_keys(table)
+                ),
+            }
+        return out
+    finally:
+        engine.dispose()
+
+
+def test_migrations_build_the_same_schema_on_postgresql_and_sqlite(
+    tmp_path: Path, new_database: Callable[..., str]
+) -> None:
+    """One set of migrations, two backends: the same tables, columns, keys and indexes."""
+    if not on_postgres():
+        pytest.skip("needs NEWSLETTER_TEST_DATABASE_URL naming a PostgreSQL server")
+    on_sqlite = _schema(f"sqlite:///{tmp_path / 'compare.db'}")
+    on_pg = _schema(new_database("compare", migrated=False))
+    assert set(on_pg) == set(on_sqlite) >= TABLES
+    for table in on_sqlite:
+        assert on_pg[table] == on_sqlite[table], table

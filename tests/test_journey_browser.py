@@ -9,7 +9,6 @@ button in the digest; the second send must skip the reader.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _databases import folder_database_url, query
 from _web_support import Served, link, start_serve, wait_for
 from conftest import CHROMIUM_ARGS, OWN_FEEDS, SMTPServer, chromium_path, start_smtp
 
@@ -54,17 +54,17 @@ def server(tmp_path: Path, smtp: SMTPServer) -> Iterator[Served]:
     assert "Traceback" not in served.output, served.output
 
 
-def _db(tmp_path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(tmp_path / "served.db")
+def _rows(tmp_path: Path, sql: str, **params: object) -> list[tuple[object, ...]]:
+    return query(folder_database_url(tmp_path, "served.db"), sql, **params)
 
 
 def _status(tmp_path: Path, email: str) -> tuple[str, str | None]:
-    with _db(tmp_path) as conn:
-        row = conn.execute(
-            "SELECT status, consent_ip FROM subscribers WHERE email = ?", (email,)
-        ).fetchone()
-    assert row is not None, f"no subscriber {email}"
-    return row[0], row[1]
+    rows = _rows(
+        tmp_path, "SELECT status, consent_ip FROM subscribers WHERE email = :email", email=email
+    )
+    assert rows, f"no subscriber {email}"
+    status, ip = rows[0]
+    return str(status), None if ip is None else str(ip)
 
 
 def _mails_to(smtp: SMTPServer, email: str) -> list:  # type: ignore[type-arg]
@@ -118,20 +118,19 @@ def test_subscribe_confirm_receive_unsubscribe_in_chromium(
 
     # 5. Another issue goes out (manual: today's digest is done): the reader is skipped.
     _cli(env, tmp_path, "subscribers", "add", OTHER, "--confirmed")
-    with _db(tmp_path) as conn:
-        story_id = conn.execute("SELECT id FROM stories ORDER BY id LIMIT 1").fetchone()[0]
+    story_id = _rows(tmp_path, "SELECT id FROM stories ORDER BY id LIMIT 1")[0][0]
     _cli(env, tmp_path, "send", "--story", str(story_id), "--yes")
     wait_for(lambda: bool(_mails_to(smtp, OTHER)), timeout=30)
     time.sleep(0.5)
     assert len(_mails_to(smtp, READER)) == 2, "an unsubscribed reader got another issue"
-    with _db(tmp_path) as conn:
-        last_issue = conn.execute("SELECT max(id) FROM issues").fetchone()[0]
-        recipients = {
-            row[0]
-            for row in conn.execute(
-                "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id "
-                "WHERE d.issue_id = ? AND d.status = 'sent'",
-                (last_issue,),
-            )
-        }
+    last_issue = _rows(tmp_path, "SELECT max(id) FROM issues")[0][0]
+    recipients = {
+        row[0]
+        for row in _rows(
+            tmp_path,
+            "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id "
+            "WHERE d.issue_id = :issue AND d.status = 'sent'",
+            issue=last_issue,
+        )
+    }
     assert recipients == {OTHER}

@@ -193,9 +193,10 @@ def test_two_senders_at_the_same_moment(
     ctx, server, process_env = world(n)
     procs = [newsletter(tmp_path, process_env, "send", "--yes") for _ in range(2)]
     results = [finish(p) for p in procs]
-    codes = sorted(code for code, _ in results)
-    assert codes[0] == 0, results
-    assert codes[1] in (0, 75), "\n".join(out for _, out in results)
+    codes = [code for code, _ in results]
+    assert codes == [0, 0], "\n".join(
+        out for _, out in results
+    )  # the second joins, or finds it done
     received = counts(server.messages)
     assert received == {email_for(i): 1 for i in range(n)}
     with ctx.db.read() as session:

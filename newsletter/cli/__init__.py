@@ -8,6 +8,8 @@ with exit code 2 instead of a traceback.  Commands own their transactions.
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
 import click
 
@@ -16,7 +18,30 @@ from .state import SettingsError as SettingsError
 from .state import pass_state as pass_state
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The top-level group: a database error in any command is one line and exit 1.
+
+    A full disk, a read-only file or a lost server surfaces as an SQLAlchemy error
+    from whatever write the command was doing; the transaction was rolled back,
+    so nothing half-made was kept.  The traceback is logged at DEBUG (``-vv``).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # Not imported up front: ``--help`` must not load SQLAlchemy.  A command
+            # that met a database error has loaded it already.
+            errors = sys.modules.get("sqlalchemy.exc")
+            if errors is None or not isinstance(exc, errors.SQLAlchemyError):
+                raise
+            from ..db import error_reason
+
+            logging.getLogger("newsletter").debug("database error", exc_info=True)
+            raise click.ClickException(f"database error: {error_reason(exc)}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO; twice for DEBUG).")
 @click.version_option(package_name="newsletter")
 @click.pass_context
@@ -54,11 +79,22 @@ def _register() -> None:
         subscribers,
         timetable,
         users,
+        worker,
     )
 
     for module in (
-        stories, subscribers, preview, sending, server, timetable, admin, dkim, bounces, users,
-    ):  # fmt: skip
+        stories,
+        subscribers,
+        preview,
+        sending,
+        worker,
+        server,
+        timetable,
+        admin,
+        dkim,
+        bounces,
+        users,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

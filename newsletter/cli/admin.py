@@ -1,4 +1,4 @@
-"""``newsletter db upgrade`` and ``newsletter demo``."""
+"""``newsletter db upgrade | copy --to URL`` and ``newsletter demo``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,38 @@ def db_upgrade(state: AppState) -> None:
         f"database at revision {current_revision(ctx.db.engine)}"
         + (" (migrated)" if applied else " (up to date)")
     )
+
+
+@db_group.command("copy")
+@click.option("--to", "target_url", required=True, metavar="URL", help="The empty target database.")
+@pass_state
+def db_copy(state: AppState, target_url: str) -> None:
+    """Copy every table to another database (e.g. SQLite to PostgreSQL), then verify.
+
+    Stop the web app, the timetable and any sender first; afterwards point
+    NEWSLETTER_DATABASE_URL at the target.
+    """
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from ..db import create_db_engine
+    from ..dbcopy import CopyError, copy_database
+
+    try:
+        target = create_db_engine(target_url)
+    except (ArgumentError, ValueError) as exc:
+        raise click.BadParameter(f"not a database URL: {exc}", param_hint="--to") from None
+    try:
+        copied = copy_database(state.ctx.db.engine, target)
+    except CopyError as exc:
+        raise click.ClickException(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot copy: {str(exc).splitlines()[0]}") from None
+    finally:
+        target.dispose()
+    for item in copied:
+        click.echo(f"{item.table:<16} {item.rows:>10,} rows")
+    total = sum(item.rows for item in copied)
+    click.echo(f"copied {total:,} rows; counts verified. Now set NEWSLETTER_DATABASE_URL to it.")
 
 
 @click.command("demo")

@@ -72,9 +72,9 @@ def show_issue(state: AppState, issue_id: int) -> None:
     from rich.table import Table
     from sqlalchemy import func, select
 
+    from .. import delivery
     from ..bounces.report import issue_bounces
-    from ..delivery import lease_name, ledger, quota
-    from ..lease import current
+    from ..delivery import ledger, quota
     from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
 
     ctx = state.ctx
@@ -84,7 +84,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
             raise click.ClickException(f"there is no issue {issue_id}")
         counts = ledger.counts(session, issue_id)
         next_retry = ledger.next_retry(session, issue_id)
-        holder = current(session, lease_name(issue_id))
+        senders = delivery.other_senders(session, issue_id)
         quota_left = quota.allowance(session, ctx.settings, 1)
         used = quota.used_today(session, ctx.settings) if ctx.settings.daily_limit else 0
         stories = [(link.story.id, link.story.title) for link in issue.stories]
@@ -117,11 +117,8 @@ def show_issue(state: AppState, issue_id: int) -> None:
         ):
             if when is not None:
                 console.print(f"{label}: {when:%Y-%m-%d %H:%M:%S} UTC")
-        if holder is not None:
-            console.print(
-                f"Being sent by pid {holder.pid} on {holder.host} "
-                f"(lease until {holder.expires_at:%H:%M:%S} UTC)"
-            )
+        for host, pid, rows in senders:
+            console.print(f"Being sent by pid {pid} on {host} ({rows:,} rows in flight)")
     console.print(f"Stories ({len(stories)}):")
     for position, (story_id, title) in enumerate(stories, 1):
         console.print(f"  {position}. {title}  [dim](#{story_id})[/dim]")
@@ -201,8 +198,7 @@ def cancel_issue(state: AppState, issue_id: int, yes: bool) -> None:
     """Stop an issue for good; its stories become eligible for the next digest."""
 
     from .. import delivery
-    from ..delivery import lease_name, ledger
-    from ..lease import current
+    from ..delivery import ledger
     from ..models import DeliveryStatus
 
     ctx = state.ctx
@@ -213,12 +209,10 @@ def cancel_issue(state: AppState, issue_id: int, yes: bool) -> None:
             delivery.cancel(session, issue_id)
         except delivery.IssueStateError as exc:
             raise click.ClickException(str(exc)) from None
-        holder = current(session, lease_name(issue_id))
+        senders = delivery.other_senders(session, issue_id)
         counts = ledger.counts(session, issue_id)
     console.print(
         f"Issue #{issue_id} cancelled ({counts[DeliveryStatus.SENT]:,} had already received it)."
     )
-    if holder is not None:
-        console.print(
-            f"The sender (pid {holder.pid} on {holder.host}) stops after the messages in flight."
-        )
+    for host, pid, _rows in senders:
+        console.print(f"The sender pid {pid} on {host} stops after the messages in flight.")

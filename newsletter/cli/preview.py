@@ -69,7 +69,13 @@ def build_preview(
     one in its own transaction, which must not wait on our open one.
     """
 
-    from ..mail import AlreadySentToday, MessageFactory, build_issue, local_today
+    from ..mail import (
+        AlreadySentToday,
+        MessageFactory,
+        build_issue,
+        local_today,
+        next_issue_number,
+    )
 
     ctx.tokens  # noqa: B018 - resolve (and maybe store) the secret key before locking
     session = ctx.db.session()
@@ -77,13 +83,15 @@ def build_preview(
         day = today or local_today(ctx.settings)
         note = None
         try:
-            issue = build_issue(session, ctx, today=day, note=editor_note)
+            issue = build_issue(session, ctx, today=day, note=editor_note, record=False)
         except AlreadySentToday as exc:
             note = f"{exc}; previewing the next digest instead"
-            issue = build_issue(session, ctx, today=day + timedelta(days=1), note=editor_note)
+            tomorrow = day + timedelta(days=1)
+            issue = build_issue(session, ctx, today=tomorrow, note=editor_note, record=False)
         if issue is None:
             return None
-        factory = MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text)
+        number = next_issue_number(session)
+        factory = MessageFactory(ctx, number, issue.subject, issue.html, issue.text)
         recipient = to or f"preview@{factory_domain(ctx)}"
         built = factory.build(PREVIEW_SUBSCRIBER_ID, recipient, name)
         return Preview(issue.subject, len(issue.stories), built, note)

@@ -3,14 +3,12 @@
 ``send`` never starts a second issue while one is unfinished: it resumes that one,
 so an interrupted send is finished by simply running the same command again.
 The issue is frozen and enqueued in one write transaction; the rendering shown
-for confirmation comes from a rolled-back build, so nothing is recorded until the
-operator says yes.
+for confirmation is built but never inserted, so nothing is recorded (and no issue
+number is used up) until the operator says yes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,33 +49,22 @@ def _parse_ids(values: tuple[str, ...]) -> list[int] | None:
     return ids
 
 
-@contextmanager
-def _rolled_back(ctx: Context) -> Iterator[Session]:
-    """A write transaction that is always rolled back.
-
-    A write (BEGIN IMMEDIATE) rather than a read: building an issue inserts rows,
-    and on SQLite upgrading a read transaction to a write fails at once with
-    "database is locked" when another process wrote in between.
-    """
-    session = ctx.db.session()
-    try:
-        session.begin()
-        yield session
-    finally:
-        session.rollback()
-        session.close()
-
-
 def _draft(
     ctx: Context, story_ids: list[int] | None, subject: str | None, note: str | None = None
 ) -> Draft | None:
-    """Render what would go out, then roll back: nothing is recorded."""
+    """Render what would go out; nothing is recorded (the issue is never inserted).
+
+    Never inserted rather than rolled back: a rolled-back insert would still use up a
+    number of PostgreSQL's sequence, and the real issue would show a gap.
+    """
 
     from ..mail import UnknownStories, build_issue
 
-    with _rolled_back(ctx) as session:
+    with ctx.db.read() as session:
         try:
-            issue = build_issue(session, ctx, story_ids=story_ids, subject=subject, note=note)
+            issue = build_issue(
+                session, ctx, story_ids=story_ids, subject=subject, note=note, record=False
+            )
         except UnknownStories as exc:
             raise click.ClickException(str(exc)) from None
         except ValueError as exc:
@@ -191,13 +178,14 @@ def send_command(
     """Send today's digest now (or a manual issue with --story).
 
     An unfinished issue (interrupted, paused or with retries left) is resumed
-    instead of starting another. Exit codes: 0 done or nothing new, 1 failures
-    or deliveries still queued, 3 paused by a policy refusal (5.7.x), 75 another
-    process is sending.
+    instead of starting another; one another process is sending is joined (this
+    process becomes one more sender on it). Exit codes: 0 done or nothing new, 1
+    failures or deliveries still queued, 3 paused by a policy refusal (5.7.x).
     """
 
     from .. import delivery
     from ..mail import AlreadySentToday
+    from ..models import IssueStatus
 
     if more_ids and not stories:
         raise click.UsageError(
@@ -224,6 +212,9 @@ def send_command(
     try:
         draft = _draft(ctx, story_ids, subject, note)
     except AlreadySentToday as exc:
+        if exc.issue_id is not None and exc.status == IssueStatus.SENDING.value:
+            _resume_instead(ctx, exc.issue_id, yes=yes, dry_run=dry_run, new=False)
+            return  # another `send` started it since we looked: join it
         console.print(f"Today's digest was already sent: {exc}. Nothing to do.")
         return
     if draft is None:
@@ -281,6 +272,7 @@ def _create(
 
     from .. import delivery
     from ..mail import AlreadySentToday, build_issue
+    from ..models import IssueStatus
 
     with ctx.db.write() as session:
         other = delivery.unfinished_issue(session)
@@ -290,13 +282,21 @@ def _create(
         try:
             issue = build_issue(session, ctx, story_ids=story_ids, subject=subject, note=note)
         except AlreadySentToday as exc:
+            if exc.issue_id is not None and exc.status == IssueStatus.SENDING.value:
+                # Another `send` created it a moment ago (PostgreSQL: its insert won
+                # the race): help send it rather than claim there is nothing to do.
+                console.print(f"Issue #{exc.issue_id} was started meanwhile: joining it.")
+                return exc.issue_id
             console.print(f"Today's digest was already sent: {exc}.")
             return None
         if issue is None:
             return None
         count = delivery.enqueue(session, issue.id)
-        console.print(f"Issue #{issue.id} frozen and queued for {count:,} subscribers.")
-        return issue.id
+        issue_id = issue.id
+    # Only now, after the commit: a write that fails (a full disk) must not have
+    # announced an issue that does not exist.
+    console.print(f"Issue #{issue_id} frozen and queued for {count:,} subscribers.")
+    return issue_id
 
 
 def _resume_instead(ctx: Context, issue_id: int, *, yes: bool, dry_run: bool, new: bool) -> None:
@@ -308,11 +308,19 @@ def _resume_instead(ctx: Context, issue_id: int, *, yes: bool, dry_run: bool, ne
         assert issue is not None
         queued = _count(session, issue_id, DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
         label, status, reason = issue.subject, issue.status, issue.status_reason
+        senders = delivery.other_senders(session, issue_id)
     what = "a manual issue is not started" if new else "no new issue is started"
-    console.print(
-        f"Issue #{issue_id} “{label}” is unfinished ({status.value}, {queued:,} still queued): "
-        f"resuming it; {what}."
-    )
+    if senders and status is IssueStatus.SENDING:
+        names = ", ".join(f"pid {pid} on {host}" for host, pid, _rows in senders)
+        console.print(
+            f"Issue #{issue_id} “{label}” is being sent ({queued:,} still queued): joining it "
+            f"as one more sender ({names}); {what}."
+        )
+    else:
+        console.print(
+            f"Issue #{issue_id} “{label}” is unfinished ({status.value}, {queued:,} still "
+            f"queued): resuming it; {what}."
+        )
     if status is IssueStatus.PAUSED:
         console.print(f"[yellow]It was paused because the server said:[/yellow] {reason}")
     if dry_run:

@@ -6,6 +6,7 @@ Kept apart from the commands so that ``send``, ``issues resume`` and
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -100,7 +101,9 @@ def graceful_stop() -> Iterator[threading.Event]:
         if stop.is_set():
             signal.default_int_handler(signum, frame)
         stop.set()
-        console.print("[yellow]Stopping after the messages in flight…[/yellow]")
+        # A plain write: the signal may arrive while rich is half-way through printing
+        # (or importing), and re-entering it from the handler would fail.
+        os.write(2, "Stopping after the messages in flight…\n".encode())
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

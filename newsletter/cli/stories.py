@@ -10,7 +10,6 @@ import sys
 
 import click
 
-from ..stories import DEFAULT_TIMEOUT
 from .state import AppState, pass_state
 
 # Ids are database integers: a larger number is a typo, not an OverflowError traceback.
@@ -27,14 +26,13 @@ def stories_group() -> None:
 @click.option("--feature", is_flag=True, help="Mark every imported story as featured.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=1),
-    default=DEFAULT_TIMEOUT,
-    show_default=True,
-    help="Seconds to wait for each feed URL.",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Seconds for the whole fetch of each feed URL [default: NEWSLETTER_FEED_TIMEOUT, 30].",
 )
 @pass_state
 def import_command(
-    state: AppState, sources: tuple[str, ...], feature: bool, timeout: float
+    state: AppState, sources: tuple[str, ...], feature: bool, timeout: float | None
 ) -> None:
     """Import feed URLs, feed files, article files and folders.
 
@@ -55,10 +53,11 @@ def import_command(
             session,
             list(sources),
             feature=feature,
-            timeout=timeout,
+            timeout=timeout if timeout is not None else settings.feed_timeout,
             article_base_url=article_base or settings.base_url,
             tz=settings.tz,
             warn_derived_url=article_base is None,
+            allow_private=settings.feeds_allow_private,
         )
     for result in report.results:
         for warning in result.warnings:

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from . import ledger as ledger
     from . import quota as quota
     from .engine import Progress as Progress
-    from .engine import lease_name as lease_name
     from .ledger import enqueue as enqueue
     from .outcome import Outcome as Outcome
     from .outcome import SendOutcome as SendOutcome
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from .send import SendSummary as SendSummary
     from .send import active_count as active_count
     from .send import cancel as cancel
+    from .send import other_senders as other_senders
     from .send import resume as resume
     from .send import resume_unfinished as resume_unfinished
     from .send import retry_failed as retry_failed
@@ -54,7 +54,7 @@ _SURFACE = {
     "active_count": "send",
     "cancel": "send",
     "enqueue": "ledger",
-    "lease_name": "engine",
+    "other_senders": "send",
     "ledger": "ledger",
     "quota": "quota",
     "open_transport": "transport",

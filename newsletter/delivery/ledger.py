@@ -8,8 +8,11 @@ whatever the size of the list and 100,000 rows enqueue in one statement.
 The invariants the delivery semantics rest on live here:
 
 * a row becomes ``sending`` in the same transaction that checks the subscriber is
-  still active, before its bytes leave the process (a crash leaves it ``sending``:
-  retried on resume, the only rows that can ever be duplicated);
+  still active, before its bytes leave the process, with the claiming sender's id
+  and a claim expiry (a crash leaves it ``sending``: taken back once the claim has
+  expired, the only rows that can ever be duplicated);
+* a row claimed by a live sender (its claim renewed in time) is never touched by
+  another: only expired claims are taken back (DESIGN "Delivery semantics" 7);
 * a row becomes ``sent`` only when the server answered 2xx to the end of DATA;
 * nothing else ever moves a row out of ``queued``, so nothing is skipped.
 """
@@ -18,10 +21,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from ..models import (
@@ -79,20 +95,88 @@ def enqueue(session: Session, issue_id: int) -> int:
         literal(DeliveryStatus.QUEUED.value),
         literal(0),
     ).where(S.c.status == SubscriberStatus.ACTIVE.value)
-    result = session.execute(
+    session.execute(
         insert(D).from_select(["issue_id", "subscriber_id", "status", "attempts"], source)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    # Counted, not ``rowcount``: after INSERT … SELECT psycopg reports -1 on PostgreSQL.
+    return int(
+        session.scalar(select(func.count()).select_from(D).where(D.c.issue_id == issue_id)) or 0
+    )
 
 
-def reset_in_flight(session: Session, issue_id: int) -> int:
-    """Rows a dead sender left ``sending`` go back to the queue (at-least-once)."""
+@dataclass(frozen=True, slots=True)
+class Claimant:
+    """Who claims rows (``host:pid:token``) and until when the claim holds."""
+
+    sender: str
+    expires_at: datetime
+
+
+def take_back_expired(
+    session: Session, issue_id: int, now: datetime, dead: Sequence[str] = ()
+) -> int:
+    """Rows whose claim expired (or whose sender is known dead) go back to the queue.
+
+    At-least-once: such a row may have been delivered just before its sender died.
+    A row ``sending`` with no claim at all was left by a version before claims.
+    """
+    expired = or_(D.c.claim_expires_at.is_(None), D.c.claim_expires_at < now)
+    if dead:
+        expired = or_(expired, D.c.claimed_by.in_(list(dead)))
     result = session.execute(
         update(D)
-        .where(D.c.issue_id == issue_id, D.c.status == DeliveryStatus.SENDING.value)
-        .values(status=DeliveryStatus.QUEUED.value)
+        .where(D.c.issue_id == issue_id, D.c.status == DeliveryStatus.SENDING.value, expired)
+        .values(status=DeliveryStatus.QUEUED.value, claimed_by=None, claim_expires_at=None)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def expired_claims(session: Session, issue_id: int, now: datetime) -> int:
+    """Rows ``sending`` whose claim has expired (their sender stopped renewing)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(D)
+            .where(
+                D.c.issue_id == issue_id,
+                D.c.status == DeliveryStatus.SENDING.value,
+                or_(D.c.claim_expires_at.is_(None), D.c.claim_expires_at < now),
+            )
+        )
+        or 0
+    )
+
+
+def renew_claims(session: Session, issue_id: int, claimant: Claimant) -> int:
+    """Push this sender's claims forward (it is alive and still working on them)."""
+    result = session.execute(
+        update(D)
+        .where(
+            D.c.issue_id == issue_id,
+            D.c.status == DeliveryStatus.SENDING.value,
+            D.c.claimed_by == claimant.sender,
+        )
+        .values(claim_expires_at=claimant.expires_at)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def claim_holders(
+    session: Session, issue_id: int, now: datetime, *, besides: str | None = None
+) -> dict[str, int]:
+    """Senders holding live claims on the issue, with how many rows each."""
+    query = (
+        select(D.c.claimed_by, func.count())
+        .where(
+            D.c.issue_id == issue_id,
+            D.c.status == DeliveryStatus.SENDING.value,
+            D.c.claim_expires_at >= now,
+        )
+        .group_by(D.c.claimed_by)
+    )
+    if besides is not None:
+        query = query.where(D.c.claimed_by != besides)
+    return {str(sender): int(n) for sender, n in session.execute(query)}
 
 
 def _candidates(issue_id: int) -> Select[Any]:
@@ -111,26 +195,41 @@ def _candidates(issue_id: int) -> Select[Any]:
     )
 
 
-def claim_next(session: Session, issue_id: int, after_id: int, limit: int) -> Claim:
-    """Claim the next keyset batch of queued rows after ``after_id`` (ascending ids)."""
+def claim_next(
+    session: Session, issue_id: int, after_id: int, limit: int, claimant: Claimant
+) -> Claim:
+    """Claim the next keyset batch of queued rows after ``after_id`` (ascending ids).
+
+    This sender's own deferred rows wait for their retry time (it claims them again
+    by id when due); anyone else's are fair game (a resume retries at once).
+    """
+    now = utcnow()
     rows = session.execute(
         _candidates(issue_id)
-        .where(D.c.subscriber_id > after_id)
+        .where(
+            D.c.subscriber_id > after_id,
+            or_(
+                D.c.next_attempt_at.is_(None),
+                D.c.next_attempt_at <= now,
+                D.c.claimed_by.is_(None),
+                D.c.claimed_by != claimant.sender,
+            ),
+        )
         .order_by(D.c.subscriber_id)
         .limit(limit)
     ).all()
-    return _claim(session, issue_id, rows)
+    return _claim(session, issue_id, rows, claimant)
 
 
-def claim_ids(session: Session, issue_id: int, ids: Sequence[int]) -> Claim:
-    """Claim specific rows (due retries), if they are still queued."""
+def claim_ids(session: Session, issue_id: int, ids: Sequence[int], claimant: Claimant) -> Claim:
+    """Claim specific rows (this sender's due retries), if they are still queued."""
     rows = session.execute(
         _candidates(issue_id).where(D.c.subscriber_id.in_(list(ids))).order_by(D.c.subscriber_id)
     ).all()
-    return _claim(session, issue_id, rows)
+    return _claim(session, issue_id, rows, claimant)
 
 
-def _claim(session: Session, issue_id: int, rows: Sequence[Any]) -> Claim:
+def _claim(session: Session, issue_id: int, rows: Sequence[Any], claimant: Claimant) -> Claim:
     status = issue_status(session, issue_id)
     if status is not IssueStatus.SENDING:
         return Claim([], 0, status, None)
@@ -155,7 +254,11 @@ def _claim(session: Session, issue_id: int, rows: Sequence[Any]) -> Claim:
                 D.c.status == DeliveryStatus.QUEUED.value,
                 D.c.subscriber_id.in_([j.subscriber_id for j in jobs]),
             )
-            .values(status=DeliveryStatus.SENDING.value)
+            .values(
+                status=DeliveryStatus.SENDING.value,
+                claimed_by=claimant.sender,
+                claim_expires_at=claimant.expires_at,
+            )
         )
     return Claim(jobs, len(gone), status, rows[-1][0] if rows else None)
 
@@ -165,10 +268,20 @@ def issue_status(session: Session, issue_id: int) -> IssueStatus | None:
     return IssueStatus(value) if value is not None else None
 
 
+# An outcome is written only while the row is still this sender's claim, except a
+# delivery (250 to DATA), which is recorded whoever holds the row now: it happened.
 _UPDATE = (
     update(D)
-    .where(D.c.issue_id == bindparam("b_issue"), D.c.subscriber_id == bindparam("b_sid"))
+    .where(
+        D.c.issue_id == bindparam("b_issue"),
+        D.c.subscriber_id == bindparam("b_sid"),
+        or_(
+            D.c.claimed_by == bindparam("b_me"),
+            bindparam("b_status", type_=String()) == DeliveryStatus.SENT.value,
+        ),
+    )
     .values(
+        claim_expires_at=None,
         status=bindparam("b_status"),
         attempts=D.c.attempts + bindparam("b_inc"),
         next_attempt_at=bindparam("b_next"),
@@ -178,14 +291,70 @@ _UPDATE = (
         sent_at=bindparam("b_sent"),
     )
 )
+# One statement for a whole batch of outcomes on PostgreSQL: the batch arrives as
+# arrays, one per field, and is joined to the table (fixed text: prepared once).
+_PG_OUTCOMES = text(
+    """
+    UPDATE deliveries AS d SET
+        claim_expires_at = NULL,
+        status = v.status,
+        attempts = d.attempts + v.inc,
+        next_attempt_at = v.next_at,
+        last_code = v.code,
+        last_response = v.response,
+        message_id = v.mid,
+        sent_at = v.sent_at
+    FROM unnest(
+        CAST(:sids AS integer[]), CAST(:mes AS varchar[]), CAST(:statuses AS varchar[]),
+        CAST(:incs AS integer[]), CAST(:nexts AS timestamp[]), CAST(:codes AS integer[]),
+        CAST(:responses AS text[]), CAST(:mids AS varchar[]), CAST(:sents AS timestamp[])
+    ) AS v(sid, me, status, inc, next_at, code, response, mid, sent_at)
+    WHERE d.issue_id = :issue AND d.subscriber_id = v.sid
+      AND (d.claimed_by = v.me OR v.status = 'sent')
+    """
+)
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
+
+
+def _write_outcomes(session: Session, issue_id: int, updates: list[dict[str, Any]]) -> None:
+    """The outcomes as one statement on PostgreSQL (``UPDATE … FROM unnest(arrays)``).
+
+    A hundred single-row UPDATEs cost PostgreSQL a hundred statements even when
+    pipelined; one join against the batch is one.  SQLite runs the same prepared
+    single-row UPDATE per outcome in-process, which is already cheap there.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(_UPDATE, updates)
+        return
+    session.execute(
+        _PG_OUTCOMES,
+        {
+            "issue": issue_id,
+            "sids": [u["b_sid"] for u in updates],
+            "mes": [u["b_me"] for u in updates],
+            "statuses": [u["b_status"] for u in updates],
+            "incs": [u["b_inc"] for u in updates],
+            "nexts": [_naive_utc(u["b_next"]) for u in updates],
+            "codes": [u["b_code"] for u in updates],
+            "responses": [u["b_response"] for u in updates],
+            "mids": [u["b_mid"] for u in updates],
+            "sents": [_naive_utc(u["b_sent"]) for u in updates],
+        },
+    )
+
+
 _RELEASE = (
     update(D)
     .where(
         D.c.issue_id == bindparam("b_issue"),
         D.c.subscriber_id == bindparam("b_sid"),
         D.c.status == DeliveryStatus.SENDING.value,
+        D.c.claimed_by == bindparam("b_me"),
     )
-    .values(status=DeliveryStatus.QUEUED.value)
+    .values(status=DeliveryStatus.QUEUED.value, claimed_by=None, claim_expires_at=None)
 )
 
 _STATUS_FOR = {
@@ -199,7 +368,12 @@ _STATUS_FOR = {
 
 
 def record(
-    session: Session, issue_id: int, results: Iterable[Result], give_up_after: int | None = None
+    session: Session,
+    issue_id: int,
+    results: Iterable[Result],
+    give_up_after: int | None = None,
+    *,
+    sender: str | None = None,
 ) -> list[int]:
     """Write a batch of outcomes with two ``executemany`` statements.
 
@@ -216,7 +390,7 @@ def record(
     deferred: list[int] = []
     for r in results:
         if r.outcome is None:
-            releases.append({"b_issue": issue_id, "b_sid": r.subscriber_id})
+            releases.append({"b_issue": issue_id, "b_sid": r.subscriber_id, "b_me": sender})
             continue
         o = r.outcome
         sent = o.outcome is Outcome.SENT
@@ -224,6 +398,7 @@ def record(
             {
                 "b_issue": issue_id,
                 "b_sid": r.subscriber_id,
+                "b_me": sender,
                 "b_status": _STATUS_FOR[o.outcome].value,
                 "b_inc": 0 if o.outcome in (Outcome.POLICY, Outcome.QUOTA) else 1,
                 "b_next": r.retry_at if o.outcome is Outcome.RETRY else None,
@@ -240,7 +415,7 @@ def record(
         elif o.outcome is Outcome.RETRY:
             deferred.append(r.subscriber_id)
     if updates:
-        session.execute(_UPDATE, updates)
+        _write_outcomes(session, issue_id, updates)
     if deferred and give_up_after is not None:
         session.execute(
             update(D)

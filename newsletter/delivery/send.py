@@ -1,29 +1,30 @@
-"""Issue lifecycle around the ledger: create and enqueue, send under a lease, resume,
-cancel, retry failures (DESIGN.md "Delivery semantics").
+"""Issue lifecycle around the ledger: create and enqueue, send, resume, cancel, retry
+failures (DESIGN.md "Delivery semantics").
 
-``send_issue`` is the one entry point for sending: it takes the issue's lease
-(``issue:<id>``), so two processes never send the same issue, puts back any rows a
-crashed sender left ``sending``, runs :class:`newsletter.engine.Run` and then
-decides the issue's status from the ledger (never from counters kept in memory).
+``send_issue`` is the one entry point for sending.  Any number of processes, on any
+number of machines, may run it for the same issue at once: each is one sender that
+claims batches of rows (:class:`newsletter.engine.Run`), and rows a dead sender
+left ``sending`` are taken back once its claim expires.  The issue's status is then
+decided from the ledger (never from counters kept in memory), and its completion
+exactly once, by whichever sender sees nothing left.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..context import Context
-from ..lease import Holder, LeaseHeld, acquire, release
-from ..models import DeliveryStatus, Issue, IssueStatus, Lease, Subscriber, SubscriberStatus, utcnow
+from ..lease import Holder, LeaseHeld
+from ..models import DeliveryStatus, Issue, IssueStatus, Subscriber, SubscriberStatus, utcnow
 from . import ledger, quota
-from .engine import BuildFn, Progress, Run, RunStats, lease_name
+from .engine import BuildFn, Progress, Run, RunStats
 from .ledger import enqueue
 from .transport import Transport, open_transport
 
@@ -121,39 +122,13 @@ def _default_build(ctx: Context, issue: Issue) -> BuildFn:
     return MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text, kind=kind).build
 
 
-def _take_lease(ctx: Context, issue_id: int, holder: Holder, ttl: timedelta) -> None:
-    """Acquire ``issue:<id>``; a lease left by a dead process on this host is taken at once.
-
-    Expiry is the general rule (another machine cannot see our processes), but when
-    the holder is on this host and its pid no longer exists, waiting for the expiry
-    would only delay the resume of a crashed send.
-    """
-    name = lease_name(issue_id)
-    with ctx.db.write() as session:
-        try:
-            acquire(session, name, holder, ttl)
-            return
-        except LeaseHeld as held:
-            if held.host != holder.host or _pid_alive(held.pid):
-                raise
-            stale = session.get(Lease, name)
-            assert stale is not None
-            log.warning("taking over lease %s from dead pid %s", name, held.pid)
-            stale.expires_at = utcnow() - timedelta(seconds=1)
-            session.flush()
-            acquire(session, name, holder, ttl)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def other_senders(session: Session, issue_id: int) -> list[tuple[str, str, int]]:
+    """Live senders on the issue as (host, pid, rows they hold): ``send`` names them."""
+    out = []
+    for sender, rows in sorted(ledger.claim_holders(session, issue_id, utcnow()).items()):
+        host, _, rest = sender.rpartition(":")[0].rpartition(":")
+        out.append((host, rest, rows))
+    return out
 
 
 def send_issue(
@@ -165,43 +140,28 @@ def send_issue(
     transport: Transport | None = None,
     build: BuildFn | None = None,
 ) -> SendSummary:
-    """Send (or continue sending) an issue; raises :class:`LeaseHeld` if another process is.
+    """Send (or help send) an issue, beside any other senders working on it.
 
     ``stop`` ends the run after the messages in flight (the rest stay queued).
     """
     holder = Holder.this_process()
-    ttl = timedelta(seconds=ctx.settings.lease_seconds)
-    with ctx.db.read() as session:
+    with ctx.db.write() as session:
         issue = get_issue(session, issue_id)
         if issue.status is not IssueStatus.SENDING:
             raise _state_error(issue)
-    _take_lease(ctx, issue_id, holder, ttl)
+        if issue.started_at is None:
+            issue.started_at = utcnow()
+    if build is None:
+        build = _default_build(ctx, issue)
     own_transport = transport is None
+    if transport is None:
+        transport = open_transport(ctx.settings)
     try:
-        with ctx.db.write() as session:
-            current = session.get(Issue, issue_id, populate_existing=True)
-            assert current is not None
-            issue = current
-            if issue.status is not IssueStatus.SENDING:  # changed while we took the lease
-                raise _state_error(issue)
-            reset = ledger.reset_in_flight(session, issue_id)
-            if reset:
-                log.warning("issue %s: %s deliveries were in flight in a crash", issue_id, reset)
-            if issue.started_at is None:
-                issue.started_at = utcnow()
-        if build is None:
-            build = _default_build(ctx, issue)
-        if transport is None:
-            transport = open_transport(ctx.settings)
-        try:
-            stats = Run(ctx, issue_id, transport, build, holder, progress, stop).run()
-        finally:
-            if own_transport:
-                transport.close()
-        return _finish(ctx, issue_id, stats)
+        stats = Run(ctx, issue_id, transport, build, holder, progress, stop).run()
     finally:
-        with ctx.db.write() as session:
-            release(session, lease_name(issue_id), holder)
+        if own_transport:
+            transport.close()
+    return _finish(ctx, issue_id, stats)
 
 
 def _state_error(issue: Issue) -> IssueStateError:
@@ -220,10 +180,19 @@ def _not_sendable(issue: Issue) -> str:
 
 
 def _finish(ctx: Context, issue_id: int, stats: RunStats) -> SendSummary:
-    """Settle the issue's status from the ledger itself."""
+    """Settle the issue's status from the ledger itself.
+
+    The issue row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's write
+    transaction is exclusive anyway), so when several senders finish at once the
+    completion is decided exactly once, by the first to see nothing left.
+    """
     with ctx.db.write() as session:
-        issue = session.get(Issue, issue_id, populate_existing=True)
-        assert issue is not None
+        issue = session.scalars(
+            select(Issue)
+            .where(Issue.id == issue_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
         counts = ledger.counts(session, issue_id)
         left = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
         if stats.halt == "pause" and issue.status is IssueStatus.SENDING:
@@ -286,7 +255,8 @@ def resume_unfinished(
 ) -> list[SendSummary]:
     """Continue every issue still ``sending`` (paused ones wait for a human).
 
-    Issues another process holds (or finished meanwhile) are left to it.
+    Issues another process finished meanwhile are skipped; one another process is
+    sending is joined (this process becomes one more sender on it).
     """
     with ctx.db.read() as session:
         ids = list(

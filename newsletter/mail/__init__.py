@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .digest import UnknownStories as UnknownStories
     from .digest import build_issue as build_issue
     from .digest import local_today as local_today
+    from .digest import next_issue_number as next_issue_number
     from .dkim import DkimKeyError as DkimKeyError
     from .dkim import DkimSigner as DkimSigner
     from .headers import addr_spec as addr_spec
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .render import GMAIL_CLIP_BYTES as GMAIL_CLIP_BYTES
     from .render import TemplateProblem as TemplateProblem
     from .render import public_copy as public_copy
+    from .render import render_already_subscribed as render_already_subscribed
     from .render import render_confirmation as render_confirmation
     from .render import render_issue as render_issue
 
@@ -52,7 +54,9 @@ _SURFACE = {
     "clean_header_text": "headers",
     "header_safe": "headers",
     "local_today": "digest",
+    "next_issue_number": "digest",
     "public_copy": "render",
+    "render_already_subscribed": "render",
     "render_confirmation": "render",
     "render_issue": "render",
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -95,6 +95,11 @@ def digest_for(session: Session, day: date) -> Issue | None:
     return session.scalar(select(Issue).where(Issue.digest_date == day))
 
 
+def next_issue_number(session: Session) -> int:
+    """The number the next issue will most likely get (shown in previews' links)."""
+    return int(session.scalar(select(func.max(Issue.id))) or 0) + 1
+
+
 def _manual_stories(session: Session, story_ids: Sequence[int]) -> list[Story]:
     ids = list(dict.fromkeys(story_ids))  # keep the editor's order, drop repeats
     if not ids:
@@ -114,8 +119,13 @@ def build_issue(
     subject: str | None = None,
     today: date | None = None,
     note: str | None = None,
+    record: bool = True,
 ) -> Issue | None:
     """Create the frozen issue (flushed, not committed), or None when nothing is new.
+
+    ``record=False`` (previews, the draft shown before "send this?") returns the same
+    issue unsaved, with no id: a rolled-back insert would still use up a number of
+    PostgreSQL's sequence, and the next real issue would show a gap.
 
     ``story_ids=None`` builds today's digest; raises :class:`AlreadySentToday` when
     one exists.  With ``story_ids`` a manual issue of exactly those stories is
@@ -156,6 +166,8 @@ def build_issue(
         digest_date=digest_date,
     )
     issue.stories = [IssueStory(story=story, position=i) for i, story in enumerate(stories)]
+    if not record:
+        return issue
     try:
         with session.begin_nested():
             session.add(issue)

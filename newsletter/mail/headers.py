@@ -131,16 +131,37 @@ def unstructured(name: str, value: str) -> str:
 
 
 def phrase(display_name: str) -> str:
-    """A display name for From/To/List-Id: atom, quoted-string or encoded words."""
-    display_name = clean_header_text(display_name)
+    """A display name for From/To/List-Id: atom, quoted-string or encoded words.
+
+    The address-list specials are removed first (:func:`without_specials`).  They
+    would be safe inside our own quoted-string or encoded words, but a downstream
+    parser decodes them and Python's folder (3.11.7 ``policy.default``, as a relay
+    or archiver would use) writes the decoded text back with only the non-ASCII
+    words re-encoded and quotes or escapes lost, so ``Ålice, attacker@evil.example``
+    (or ``Bob, attacker@evil.example``, or ``x\\", evil@attacker.example, "y``)
+    would come out as two addresses.  Quoting the encoded words does not help:
+    Python decodes inside quotes too and re-emits the text unquoted.
+    """
+    display_name = without_specials(clean_header_text(display_name))
     if not display_name:
         return ""
     if _plain_ascii(display_name) and len(display_name) <= 60:
         if _ATOM_PHRASE.fullmatch(display_name):
             return display_name
-        escaped = display_name.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return f'"{display_name}"'  # e.g. a "." (no quote or backslash is left to escape)
     return "\r\n ".join(encoded_words(display_name))
+
+
+_SPECIALS = re.compile(r'[,;:<>@"()\[\]\\]+')
+
+
+def without_specials(display_name: str) -> str:
+    """``display_name`` without the characters that make a decoded name an address list.
+
+    ``, ; : < > @ " ( ) [ ] \\`` become spaces: after any decode and re-fold the
+    name is still words in front of one ``<address>``.
+    """
+    return _SPACES.sub(" ", _SPECIALS.sub(" ", display_name)).strip()
 
 
 def addr_spec(email: str) -> str:

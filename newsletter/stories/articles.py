@@ -121,7 +121,7 @@ def _read(path: Path) -> str:
     except OSError as exc:
         raise SourceError(f"cannot read: {exc.strerror or exc}") from None
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\x00", "")  # no NUL reaches the database
     except UnicodeDecodeError as exc:
         raise SourceError(f"not UTF-8 text (invalid byte at offset {exc.start})") from None
 

@@ -11,19 +11,17 @@ feed never holds SQLite's write lock.
 
 from __future__ import annotations
 
-import http.client
 import re
-import time
-import urllib.error
-import urllib.request
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from .articles import ARTICLE_EXTENSIONS, parse_article
+from .fetching import AllowPrivate, Deadline, get
 from .text import (
     ParsedSource,
     SourceError,
@@ -39,7 +37,8 @@ from .text import (
     summarise,
 )
 
-DEFAULT_TIMEOUT = 20.0
+DEFAULT_TIMEOUT = 30.0  # NEWSLETTER_FEED_TIMEOUT: the whole fetch, redirects included
+MAX_REDIRECTS = 5
 MAX_FEED_BYTES = 20 * 1024 * 1024  # a real feed is well under this; a runaway body is not
 USER_AGENT = "newsletter/0.1 (feed reader)"
 FEED_EXTENSIONS = frozenset({".xml", ".rss", ".atom"})
@@ -322,10 +321,11 @@ def load_source(
     article_base_url: str | None = None,
     tz: tzinfo = UTC,
     warn_derived: bool = False,
+    allow_private: AllowPrivate = False,
 ) -> ParsedSource:
     """Fetch/read and parse one source (no database); raises SourceError."""
     if path is None:
-        fetched = fetch(label, timeout=timeout)
+        fetched = fetch(label, timeout=timeout, allow_private=allow_private)
         return parse_fetched(fetched)
     try:
         data = path.read_bytes() if _looks_like_feed(path) else None
@@ -349,20 +349,6 @@ class Fetched:
     last_modified: str | None = None
     content_type: str = ""
     final_url: str = ""
-
-
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s) (urllib would also follow to ftp:)."""
-
-    def redirect_request(
-        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> Any:
-        if http_url(newurl) is None:
-            raise SourceError(f"redirected to a non-http(s) URL {newurl[:100]!r}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
 
 
 def request_url(url: str) -> str:
@@ -398,8 +384,22 @@ def fetch(
     timeout: float = DEFAULT_TIMEOUT,
     etag: str | None = None,
     last_modified: str | None = None,
+    *,
+    allow_private: AllowPrivate = False,
+    stop: threading.Event | None = None,
 ) -> Fetched:
-    """GET a feed (conditionally when validators are given) within ``timeout`` seconds."""
+    """GET a feed (conditionally when validators are given), all of it within ``timeout``.
+
+    One deadline covers every step of every hop: name lookup, connect, TLS, the
+    status line and headers, and the body (a server that drips its headers a byte
+    at a time is cut off at the deadline; a per-read socket timeout alone would
+    wait for ever).  Each hop's host is resolved and refused when it points at a
+    loopback, private, link-local or multicast address unless ``allow_private``
+    (NEWSLETTER_FEEDS_ALLOW_PRIVATE), and the connection goes to the address that
+    was checked, so a DNS answer cannot change between check and use.  At most
+    :data:`MAX_REDIRECTS` redirects are followed, only to http(s).  No
+    Accept-Encoding is sent, so there is no decompression to bound.
+    """
     if http_url(url) is None:
         raise SourceError("only http(s) feed URLs can be fetched")
     headers = {
@@ -410,43 +410,32 @@ def fetch(
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    request = urllib.request.Request(request_url(url), headers=headers)  # noqa: S310 - checked
-    deadline = time.monotonic() + timeout
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            chunks: list[bytes] = []
-            size = 0
-            # read1: one socket read at a time, so a body dripped a byte at a time
-            # still ends at the deadline (read(n) would wait for all n bytes).
-            while chunk := response.read1(65536):
-                size += len(chunk)
-                if size > MAX_FEED_BYTES:
-                    raise SourceError(f"response larger than {MAX_FEED_BYTES // 2**20} MB")
-                if time.monotonic() > deadline:
-                    raise SourceError(f"timed out after {timeout:g}s")
-                chunks.append(chunk)
-            return Fetched(
-                status=response.status,
-                body=b"".join(chunks),
-                etag=response.headers.get("ETag"),
-                last_modified=response.headers.get("Last-Modified"),
-                content_type=response.headers.get("Content-Type", ""),
-                final_url=response.geturl(),
-            )
-    except urllib.error.HTTPError as exc:
-        if exc.code == 304:
-            return Fetched(status=304, etag=exc.headers.get("ETag") or etag,
-                           last_modified=exc.headers.get("Last-Modified") or last_modified,
-                           final_url=url)  # fmt: skip
-        raise SourceError(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise SourceError(f"cannot connect: {exc.reason}") from None
-    except TimeoutError:
-        raise SourceError(f"timed out after {timeout:g}s") from None
-    except (OSError, http.client.HTTPException) as exc:  # reset mid-body, bad status line
-        raise SourceError(f"network error: {exc}") from None
-    except ValueError as exc:  # e.g. a header value http.client refuses
-        raise SourceError(f"cannot request this URL: {exc}") from None
+    deadline = Deadline(timeout, stop)
+    current = url
+    for _hop in range(MAX_REDIRECTS + 1):
+        answer = get(request_url(current), headers, deadline, allow_private, MAX_FEED_BYTES)
+        if answer.location is None:
+            break
+        target = http_url(urljoin(current, answer.location))
+        if target is None:
+            raise SourceError(f"redirected to a non-http(s) URL {answer.location[:100]!r}")
+        current = target
+    else:
+        raise SourceError(f"more than {MAX_REDIRECTS} redirects")
+    if answer.status == 304:
+        return Fetched(status=304, etag=answer.headers.get("ETag") or etag,
+                       last_modified=answer.headers.get("Last-Modified") or last_modified,
+                       final_url=current)  # fmt: skip
+    if not 200 <= answer.status < 300:
+        raise SourceError(f"HTTP {answer.status} {answer.reason}")
+    return Fetched(
+        status=answer.status,
+        body=answer.body,
+        etag=answer.headers.get("ETag"),
+        last_modified=answer.headers.get("Last-Modified"),
+        content_type=answer.headers.get("Content-Type", ""),
+        final_url=current,
+    )
 
 
 def parse_fetched(fetched: Fetched) -> ParsedSource:

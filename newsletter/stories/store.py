@@ -11,6 +11,7 @@ slow feed must not stall a send.  Domain functions take a session and never comm
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from ..db import Database
 from ..models import FeedState, Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
 from .feeds import DEFAULT_TIMEOUT, Fetched, expand_sources, fetch, load_source, parse_fetched
+from .fetching import AllowPrivate
 from .text import (
     ParsedSource,
     SourceError,
@@ -298,6 +300,7 @@ def import_sources(
     article_base_url: str | None = None,
     tz: tzinfo = UTC,
     warn_derived_url: bool = False,
+    allow_private: AllowPrivate = False,
 ) -> ImportReport:
     """Import feed URLs, feed files, article files and folders; one failure stops no other.
 
@@ -312,7 +315,9 @@ def import_sources(
         parsed: ParsedSource | None = None
         if problem is None:
             try:
-                parsed = load_source(label, path, timeout, article_base_url, tz, warn_derived_url)
+                parsed = load_source(
+                    label, path, timeout, article_base_url, tz, warn_derived_url, allow_private
+                )
             except SourceError as exc:
                 result.error = str(exc)
             except Exception as exc:  # a reader's bug costs its own source, not the others
@@ -345,11 +350,19 @@ class Polled:
 
 
 def fetch_and_parse(
-    url: str, etag: str | None, last_modified: str | None, timeout: float = DEFAULT_TIMEOUT
+    url: str,
+    etag: str | None,
+    last_modified: str | None,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_private: AllowPrivate = False,
+    stop: threading.Event | None = None,
 ) -> Polled:
     """The network and CPU half of a poll; never raises for a bad feed."""
     try:
-        fetched = fetch(url, timeout=timeout, etag=etag, last_modified=last_modified)
+        fetched = fetch(
+            url, timeout=timeout, etag=etag, last_modified=last_modified,
+            allow_private=allow_private, stop=stop,
+        )  # fmt: skip
         parsed = parse_fetched(fetched) if fetched.status != 304 else None
     except SourceError as exc:
         return Polled(error=str(exc))
@@ -402,7 +415,11 @@ def _fits(value: str | None, limit: int) -> str | None:
 
 
 def poll_feed(
-    session: Session, url: str, feature: bool = True, timeout: float = DEFAULT_TIMEOUT
+    session: Session,
+    url: str,
+    feature: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_private: AllowPrivate = False,
 ) -> SourceResult:
     """Poll one feed with If-None-Match/If-Modified-Since; a 304 imports nothing.
 
@@ -414,11 +431,17 @@ def poll_feed(
     """
     state = session.get(FeedState, url)
     etag, modified = (state.etag, state.last_modified) if state else (None, None)
-    return record_poll(session, url, fetch_and_parse(url, etag, modified, timeout), feature)
+    polled = fetch_and_parse(url, etag, modified, timeout, allow_private)
+    return record_poll(session, url, polled, feature)
 
 
 def poll_feed_db(
-    db: Database, url: str, feature: bool = True, timeout: float = DEFAULT_TIMEOUT
+    db: Database,
+    url: str,
+    feature: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_private: AllowPrivate = False,
+    stop: threading.Event | None = None,
 ) -> SourceResult:
     """:func:`poll_feed` in three steps: read validators, fetch and parse unlocked, write.
 
@@ -427,7 +450,7 @@ def poll_feed_db(
     with db.read() as session:
         state = session.get(FeedState, url)
         etag, modified = (state.etag, state.last_modified) if state else (None, None)
-    polled = fetch_and_parse(url, etag, modified, timeout)
+    polled = fetch_and_parse(url, etag, modified, timeout, allow_private, stop)
     with db.write() as session:
         result: SourceResult = record_poll(session, url, polled, feature)
         return result

@@ -65,6 +65,19 @@ class StoryData:
     # Why the feed's own markings say this is an advert (None: an editorial story).
     sponsored: str | None = None
 
+    def __post_init__(self) -> None:
+        # Every importer builds one of these: no NUL byte gets past it (PostgreSQL
+        # refuses them in text, and no reader wants one), whatever the source.
+        for name in ("guid", "title", "url", "summary", "image_url", "image_alt", "author"):
+            value = getattr(self, name)
+            if value is not None and "\x00" in value:
+                setattr(self, name, strip_nul(value))
+
+
+def strip_nul(value: str) -> str:
+    """``value`` without NUL bytes (imported text may carry them; databases may not)."""
+    return value.replace("\x00", "")
+
 
 @dataclass
 class ParsedSource:

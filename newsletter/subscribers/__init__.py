@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .addresses import NAME_MAX as NAME_MAX
     from .addresses import InvalidEmail as InvalidEmail
+    from .addresses import canonical_mailbox as canonical_mailbox
     from .addresses import clean_name as clean_name
+    from .addresses import form_name as form_name
     from .addresses import normalise_email as normalise_email
     from .csvio import CsvError as CsvError
     from .csvio import CsvReport as CsvReport
@@ -35,12 +37,15 @@ if TYPE_CHECKING:
     from .store import add_subscriber as add_subscriber
     from .store import confirm as confirm
     from .store import count_by_status as count_by_status
+    from .store import current_epoch as current_epoch
     from .store import find as find
     from .store import list_subscribers as list_subscribers
     from .store import mark_bounced as mark_bounced
+    from .store import may_mail as may_mail
     from .store import purge_expired_pending as purge_expired_pending
     from .store import remove as remove
     from .store import request_subscription as request_subscription
+    from .store import signup_request as signup_request
     from .store import unsubscribe as unsubscribe
     from .tokens import CONFIRM_MAX_AGE as CONFIRM_MAX_AGE
     from .tokens import ExpiredToken as ExpiredToken
@@ -63,7 +68,10 @@ _SURFACE = {
     "UnknownSubscriber": "store",
     "add_subscriber": "store",
     "apply_import": "csvio",
+    "canonical_mailbox": "addresses",
     "clean_name": "addresses",
+    "current_epoch": "store",
+    "form_name": "addresses",
     "confirm": "store",
     "count_by_status": "store",
     "export_csv": "csvio",
@@ -76,6 +84,8 @@ _SURFACE = {
     "purge_expired_pending": "store",
     "remove": "store",
     "request_subscription": "store",
+    "may_mail": "store",
+    "signup_request": "store",
     "unsubscribe": "store",
 }
 __all__ = sorted(_SURFACE)

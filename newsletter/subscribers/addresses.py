@@ -77,6 +77,52 @@ def clean_name(raw: str | None) -> str:
     return " ".join(text.split())[:NAME_MAX].rstrip()
 
 
+# Text a stranger could use to turn our confirmation email into their message.
+_URL_LIKE = re.compile(
+    r"(?:[a-z][a-z0-9+.-]*://|www\.)\S*"  # anything with a scheme, or www.
+    r"|\S*[a-z0-9-]\.[a-z]{2,}(?:[/?#:]\S*)?(?=\s|$)",  # a bare host name: evil.example/login
+    re.IGNORECASE,
+)
+_AT_ADDRESS = re.compile(r"\S*@\S*")
+_FORM_SPECIALS = re.compile(r'[,;<>:"]')
+
+
+def form_name(raw: str | None) -> str:
+    """A name typed into the public form, stripped of what makes it a message.
+
+    Anyone can type any address into the form, so the name field is text chosen
+    by a stranger.  On top of :func:`clean_name`: URLs and bare host names,
+    ``@``-addresses and the characters ``, ; < > : "`` are removed (what is left
+    of "URGENT: your bank account is locked https://evil.example/login" is
+    "URGENT your bank account is locked").  The confirmation email never shows it
+    anyway (:mod:`newsletter.web.confirmations`); this keeps the stored name, used
+    once the reader has confirmed, a name.
+    """
+    text = clean_name(raw)
+    text = _AT_ADDRESS.sub(" ", text)
+    text = _URL_LIKE.sub(" ", text)
+    text = _FORM_SPECIALS.sub(" ", text)
+    return " ".join(text.split())[:NAME_MAX].rstrip()
+
+
+_DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def canonical_mailbox(email: str) -> str:
+    """The inbox an address reaches, for per-address limits (never stored or shown).
+
+    Lower-cased, ``+tag`` dropped, and for gmail.com/googlemail.com the dots in
+    the local part ignored and googlemail.com read as gmail.com: ``J.Doe+x@Gmail.com``
+    and ``jdoe@googlemail.com`` are one inbox, so one limit.
+    """
+    local, _, domain = email.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0] or local
+    if domain in _DOTLESS_DOMAINS:
+        local = local.replace(".", "") or local
+        domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
 def reader_reason(raw: str) -> str:
     """Why an address was refused, in words for the person who typed it.
 

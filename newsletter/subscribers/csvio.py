@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,8 +40,6 @@ from .store import SUPPRESSED
 EXPORT_FIELDS = ("email", "name", "status", "created_at", "confirmed_at")
 _TABLE = Subscriber.metadata.tables[Subscriber.__tablename__]
 LOOKUP_CHUNK = 500  # addresses per "WHERE email IN (...)": well under any bind limit
-# A spreadsheet treats a cell starting with one of these as a formula.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _HEADER_ALIASES = {
     "email": "email",
     "emailaddress": "email",
@@ -107,24 +106,49 @@ class CsvReport:
         return not self.rejected
 
 
+# A part of a cell that a spreadsheet splitting on , ; or TAB would see as a formula.
+_FORMULA_PART = re.compile(r"(^|[,;\t])(?=[=+\-@\t\r])")
+_ESCAPED_PART = re.compile(r"(^|[,;\t])'(?=[=+\-@\t\r])")
+_NEEDS_QUOTES = re.compile(r'[,;\t"\r\n]')
+
+
 def csv_safe(value: str) -> str:
-    """Defuse spreadsheet formula injection: prefix a leading ``= + - @`` with ``'``."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
+    """Defuse spreadsheet formula injection in every locale.
+
+    The cell and every part of it after a ``,`` ``;`` or TAB (the list separators
+    spreadsheets use, depending on locale, when they split text into columns)
+    that begins with ``= + - @``, TAB or CR gets a leading ``'``:
+    ``x;=cmd|' /C calc'!A0;`` becomes ``x;'=cmd|' /C calc'!A0;``.
+    """
+    return _FORMULA_PART.sub(r"\1'", value)
 
 
 def _unescape(value: str) -> str:
     """Undo :func:`csv_safe`, so an export imports back unchanged."""
-    if len(value) >= 2 and value[0] == "'" and value.startswith(_FORMULA_START, 1):
-        return value[1:]
+    return _ESCAPED_PART.sub(r"\1", value)
+
+
+def csv_cell(value: str) -> str:
+    """One cell of our CSV: quoted whenever it holds a separator of any locale.
+
+    Python's csv module quotes only for its own delimiter; a cell with ``;`` or a
+    TAB would be split by a spreadsheet that uses that separator.
+    """
+    if _NEEDS_QUOTES.search(value):
+        return '"' + value.replace('"', '""') + '"'
     return value
 
 
 def decode(data: bytes | str) -> str:
-    """UTF-8 text (BOM dropped), or :class:`CsvError` naming the first bad line."""
+    """UTF-8 text (BOM and NUL bytes dropped), or :class:`CsvError` naming the first bad line.
+
+    NUL bytes: PostgreSQL refuses them in text columns, and a spreadsheet export that
+    has them means nothing by them.
+    """
     if isinstance(data, str):
-        return data.removeprefix("\ufeff")
+        return data.removeprefix("\ufeff").replace("\x00", "")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\x00", "")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise CsvError(
@@ -372,10 +396,10 @@ def export_csv(session: Session, out: IO[str]) -> int:
     Every status is included: the unsubscribed and bounced rows are the
     suppression list another system needs.  Times are ISO 8601 UTC.  Text cells
     go through :func:`csv_safe` so opening the file in a spreadsheet cannot run a
-    formula smuggled in through a name.
+    formula smuggled in through a name, and are quoted (:func:`csv_cell`) when
+    they hold a separator of any locale.
     """
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(EXPORT_FIELDS)
+    out.write(",".join(EXPORT_FIELDS) + "\r\n")
     result = session.execute(
         select(
             Subscriber.email,
@@ -389,14 +413,13 @@ def export_csv(session: Session, out: IO[str]) -> int:
     )
     count = 0
     for email, name, status, created_at, confirmed_at in result:
-        writer.writerow(
-            (
-                csv_safe(email),
-                csv_safe(name),
-                SubscriberStatus(status).value,
-                _iso(created_at),
-                _iso(confirmed_at),
-            )
+        cells = (
+            csv_safe(email),
+            csv_safe(name),
+            SubscriberStatus(status).value,
+            _iso(created_at),
+            _iso(confirmed_at),
         )
+        out.write(",".join(csv_cell(cell) for cell in cells) + "\r\n")
         count += 1
     return count

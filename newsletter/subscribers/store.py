@@ -123,6 +123,14 @@ def add_subscriber(
 def request_subscription(
     session: Session, email: str, name: str = "", now: datetime | None = None
 ) -> Subscriber | None:
+    """:func:`signup_request`'s subscriber when it needs a confirmation email, else None."""
+    subscriber, needs_confirmation = signup_request(session, email, name, now)
+    return subscriber if needs_confirmation else None
+
+
+def signup_request(
+    session: Session, email: str, name: str = "", now: datetime | None = None
+) -> tuple[Subscriber, bool]:
     """A web signup: the subscriber who should get a confirmation email now, or None.
 
     * new address: a pending row (source ``web``) is created;
@@ -131,8 +139,13 @@ def request_subscription(
       person can come back, but only by confirming (the address stays suppressed
       until then, and an unconfirmed request never turns it into a purgeable
       pending row);
-    * active or complained: None, nothing to send (the web page answers the same
-      either way; someone who reported us as spam gets no mail, not even this).
+    * active: the row, with False: it gets an "already subscribed" email instead;
+    * complained: the row, with False, and :func:`may_mail` is False for it:
+      someone who reported us as spam gets no mail, not even this.
+
+    Returns (subscriber, needs a confirmation).  Every case writes the row the
+    same way (``confirm_sent_at``, one flush), so that the time a request takes
+    does not tell a prober whether the address is an active reader.
 
     ``confirm_sent_at`` is set to ``now``: it marks the open request that
     :func:`confirm` requires before it reactivates a suppressed row, and it
@@ -156,14 +169,20 @@ def request_subscription(
         )
         session.add(subscriber)
         session.flush()
-        return subscriber
-    if subscriber.status in (SubscriberStatus.ACTIVE, SubscriberStatus.COMPLAINED):
-        return None  # a complainer gets no mail at all, not even a confirmation
+        return subscriber, True
+    if subscriber.status is SubscriberStatus.COMPLAINED:
+        return subscriber, False  # untouched: no open request may ever revive it
+    if subscriber.status is SubscriberStatus.ACTIVE:
+        subscriber.confirm_sent_at = now  # the same write as every other case
+        session.flush()
+        return subscriber, False
+    if subscriber.status is not SubscriberStatus.PENDING:
+        subscriber.epoch = (subscriber.epoch or 0) + 1  # a new signup: older links are void
     if name:
         subscriber.name = name
     subscriber.confirm_sent_at = now
     session.flush()
-    return subscriber
+    return subscriber, True
 
 
 def confirm(
@@ -196,6 +215,20 @@ def confirm(
     return subscriber
 
 
+def may_mail(subscriber: Subscriber) -> bool:
+    """False for someone who complained: no mail of any kind goes to them again."""
+    return subscriber.status is not SubscriberStatus.COMPLAINED
+
+
+def current_epoch(subscriber: Subscriber, epoch: int) -> bool:
+    """A confirm token minted in ``epoch`` still applies to ``subscriber``.
+
+    False once the person unsubscribed or signed up again since: that link "has
+    been replaced" by the one in their newest email.
+    """
+    return epoch == (subscriber.epoch or 0)
+
+
 def unsubscribe(
     session: Session, subscriber_id: int, now: datetime | None = None
 ) -> Subscriber | None:
@@ -212,6 +245,7 @@ def unsubscribe(
     if subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
         subscriber.status = SubscriberStatus.UNSUBSCRIBED
         subscriber.unsubscribed_at = now or utcnow()
+        subscriber.epoch = (subscriber.epoch or 0) + 1  # every confirm link so far is void
     subscriber.confirm_sent_at = None
     session.flush()
     _skip_queued(session, subscriber.id)

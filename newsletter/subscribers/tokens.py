@@ -3,7 +3,10 @@
 Tokens carry the subscriber id, never the address, so a forwarded email leaks no
 address and a token minted for one purpose cannot be replayed for another.
 Unsubscribe tokens never expire (a years-old email must still unsubscribe);
-confirmation tokens expire after :data:`CONFIRM_MAX_AGE`.
+confirmation tokens expire after :data:`CONFIRM_MAX_AGE` and carry the
+subscription's epoch (``[id, epoch]``; a bare id from before epochs reads as
+epoch 0), so a link minted before an unsubscribe and a new signup cannot bring
+the reader back (:meth:`Tokens.read_confirm_epoch`).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ class InvalidToken(ValueError):
 class ExpiredToken(InvalidToken):
     """Genuine but too old; ``subscriber_id`` lets the page offer a fresh link."""
 
-    def __init__(self, subscriber_id: int | None) -> None:
+    def __init__(self, subscriber_id: int | None, epoch: int = 0) -> None:
         super().__init__("link expired")
         self.subscriber_id = subscriber_id
+        self.epoch = epoch
 
 
 class _UncompressedSerializer(URLSafeSerializer):
@@ -65,22 +69,38 @@ class Tokens:
             raise InvalidToken("bad unsubscribe token") from None
         return _as_id(value)
 
-    def confirm(self, subscriber_id: int) -> str:
-        return str(self._confirm.dumps(subscriber_id))
+    def confirm(self, subscriber_id: int, epoch: int = 0) -> str:
+        return str(self._confirm.dumps([subscriber_id, epoch]))
 
     def read_confirm(self, token: str, max_age: timedelta = CONFIRM_MAX_AGE) -> int:
+        """The subscriber id of a genuine, unexpired confirm token."""
+        return self.read_confirm_epoch(token, max_age)[0]
+
+    def read_confirm_epoch(
+        self, token: str, max_age: timedelta = CONFIRM_MAX_AGE
+    ) -> tuple[int, int]:
+        """(subscriber id, epoch) of a genuine, unexpired confirm token."""
         try:
             value = self._confirm.loads(token, max_age=int(max_age.total_seconds()))
         except SignatureExpired as exc:
             payload = exc.payload
             try:
-                sid = _as_id(self._confirm.load_payload(payload)) if payload else None
+                sid, epoch = _id_epoch(self._confirm.load_payload(payload)) if payload else (0, 0)
             except (BadSignature, InvalidToken):
-                sid = None
-            raise ExpiredToken(sid) from None
+                sid, epoch = 0, 0
+            raise ExpiredToken(sid or None, epoch) from None
         except BadSignature:
             raise InvalidToken("bad confirmation token") from None
-        return _as_id(value)
+        return _id_epoch(value)
+
+
+def _id_epoch(value: object) -> tuple[int, int]:
+    if isinstance(value, list) and len(value) == 2:
+        epoch = value[1]
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+            return _as_id(value[0]), epoch
+        raise InvalidToken("token does not carry an epoch")
+    return _as_id(value), 0  # a token minted before epochs existed
 
 
 def _as_id(value: object) -> int:

@@ -33,7 +33,7 @@ log = logging.getLogger("newsletter.scheduler")
 
 LAST_FIRE_KEY = "scheduler.digest_last_fire"
 PURGE_PENDING_AFTER = timedelta(days=7)
-_FEEDS_LOCK = threading.Lock()  # the feed job and the digest's pre-poll never fetch at once
+_FEEDS_LOCK = threading.Lock()  # one poll of the feeds at a time (the job, a manual call)
 _SENDING = threading.Lock()  # the digest job and upkeep never send at once in this process
 
 
@@ -139,7 +139,14 @@ def poll_feeds(ctx: Context, stop: threading.Event | None = None) -> FeedsRun:
                 break
             run.polled += 1
             try:
-                result = stories.poll_feed_db(ctx.db, url, feature=True)
+                result = stories.poll_feed_db(
+                    ctx.db,
+                    url,
+                    feature=True,
+                    timeout=ctx.settings.feed_timeout,
+                    allow_private=ctx.settings.feeds_allow_private,
+                    stop=stop,
+                )
             except Exception as exc:  # e.g. the database busy: this feed only, not the rest
                 log.exception("feeds: %s: %s", url, exc)
                 run.errors.append(f"{url}: {type(exc).__name__}: {exc}")
@@ -179,7 +186,6 @@ class DigestRun(Outcome):
     issue_id: int | None = None
     queued: int = 0
     summary: delivery.SendSummary | None = None
-    feeds: FeedsRun | None = None
 
     def describe(self) -> str:
         text = f"{self.outcome} for {self.day.isoformat()}"
@@ -187,9 +193,6 @@ class DigestRun(Outcome):
             text += f": issue {self.issue_id}, {self.queued} queued"
         if self.summary is not None:
             text += f", {describe_send(self.summary)}"
-        if self.feeds is not None and self.feeds.polled:
-            text += f" (feeds: {self.feeds.new} new stories"
-            text += f", {len(self.feeds.errors)} failed)" if self.feeds.errors else ")"
         return text
 
 
@@ -227,7 +230,11 @@ def run_digest(
     stop: threading.Event | None = None,
     now: datetime | None = None,
 ) -> DigestRun:
-    """Build the day's digest from fresh feeds, queue it for every subscriber, send it.
+    """Build the day's digest from the stories imported so far, queue it, send it.
+
+    The feeds are not polled here: that is the feeds job's work, on its own
+    schedule and executor, so a feed that hangs until its deadline never delays
+    (or, under ``max_instances=1``, skips) the digest.
 
     Nothing new -> nothing is built or sent ("nothing new").  A digest already
     exists for the day -> "already sent today".  ``stop`` ends the send after its
@@ -236,12 +243,6 @@ def run_digest(
     """
     now = now or utcnow()
     day, fire = digest_day(ctx, trigger, now)
-    feeds: FeedsRun | None = None
-    if ctx.settings.feeds:
-        try:
-            feeds = poll_feeds(ctx, stop)
-        except Exception:  # fresh stories are a bonus: the day's digest goes out regardless
-            log.exception("digest: polling the feeds first failed; building from stored stories")
     with _SENDING:  # upkeep never resumes an issue this job is about to send
         issue_id: int | None = None
         queued = 0
@@ -255,18 +256,16 @@ def run_digest(
         except mail.AlreadySentToday:
             with ctx.db.write() as session:
                 record_fire(session, fire)
-            return DigestRun(day, "already sent today", feeds=feeds)
+            return DigestRun(day, "already sent today")
         if issue_id is None:
-            return DigestRun(day, "nothing new", feeds=feeds)
+            return DigestRun(day, "nothing new")
         if stop is not None and stop.is_set():
-            return DigestRun(
-                day, "queued (stopping; upkeep sends it)", issue_id, queued, None, feeds
-            )
+            return DigestRun(day, "queued (stopping; upkeep sends it)", issue_id, queued)
         try:
             summary = delivery.send_issue(ctx, issue_id, stop=stop)
         except delivery.LeaseHeld as exc:  # another process's upkeep got to it first
-            return DigestRun(day, f"queued ({exc})", issue_id, queued, None, feeds)
-    return DigestRun(day, "sent" if summary.ok else "sending", issue_id, queued, summary, feeds)
+            return DigestRun(day, f"queued ({exc})", issue_id, queued)
+    return DigestRun(day, "sent" if summary.ok else "sending", issue_id, queued, summary)
 
 
 # --- upkeep --------------------------------------------------------------------------
@@ -341,10 +340,13 @@ def run_upkeep(
         for issue_id in ids:
             if stop is not None and stop.is_set():
                 break
+            with ctx.db.read() as session:
+                busy = bool(delivery.other_senders(session, issue_id))
+            if busy:  # live senders (workers) have it; they take back what a dead one left
+                run.busy.append(issue_id)
+                continue
             try:
                 run.resumed.append(delivery.send_issue(ctx, issue_id, stop=stop))
-            except delivery.LeaseHeld:
-                run.busy.append(issue_id)
             except delivery.IssueStateError:
                 continue  # cancelled or paused meanwhile: nothing to do
     finally:

@@ -58,6 +58,7 @@ LEASE_NAME = "scheduler"
 DEFAULT_LEASE_TTL = Settings.scheduler_lease_seconds
 UPKEEP_MINUTES = 5
 DIGEST_JOB, FEEDS_JOB, UPKEEP_JOB = "digest", "feeds", "upkeep"
+FEEDS_EXECUTOR = "feeds"
 BOUNCES_JOB = "bounces"
 
 
@@ -110,7 +111,12 @@ def build_scheduler(
     scheduler_class = BlockingScheduler if blocking else BackgroundScheduler
     scheduler: BaseScheduler = scheduler_class(
         timezone=settings.tz,
-        executors={"default": ThreadPoolExecutor(max_workers=4)},
+        # Feeds get an executor of their own: a feed hanging until its deadline can
+        # never take a worker the digest or upkeep needs.
+        executors={
+            "default": ThreadPoolExecutor(max_workers=4),
+            FEEDS_EXECUTOR: ThreadPoolExecutor(1),
+        },
         job_defaults={
             "misfire_grace_time": settings.misfire_grace_seconds,
             "coalesce": True,
@@ -145,6 +151,7 @@ def build_scheduler(
             ),
             args=[ctx, stop],
             id=FEEDS_JOB,
+            executor=FEEDS_EXECUTOR,
             name=f"poll {_count(len(settings.feeds), 'feed')} every "
             f"{settings.feed_poll_minutes} min, importing as featured",
             next_run_time=now,

@@ -12,7 +12,8 @@ Routes (DESIGN.md "Web"), and the rules they keep:
 * The subscribe answer is identical for new, pending and active addresses, and the
   confirmation email is sent off the request thread (``confirmations``), so neither the
   page nor its timing tells a prober who is on the list.
-* No redirects at all, so there is nothing to turn into an open redirect.
+* No redirects at all, so there is nothing to turn into an open redirect (Werkzeug's
+  slash-merging and trailing-slash redirects are off: an unknown path is a 404).
 * The client IP is the WSGI ``REMOTE_ADDR``; ``serve(trusted_proxy=...)`` lets
   waitress rewrite it from X-Forwarded-For only for a named proxy.
 * Subscribe attempts are limited per client IP, an IPv6 client per /64
@@ -44,13 +45,16 @@ from .public import HONEYPOT_FIELD
 
 log = logging.getLogger("newsletter.web")
 
+FORM_MAX_BODY = 64 * 1024  # every form and JSON post of ours is far smaller
+WEBHOOK_MAX_BODY = webhooks.MAX_BODY  # provider event batches: the webhooks set it per request
+
 
 class WebState:
     """What the routes share: the Context, the limiters and the confirmation mailer."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.limits = Limits.from_settings(ctx.settings)
+        self.limits = Limits.from_settings(ctx.settings, ctx.db)
         self.mailer = ConfirmationMailer(ctx)
         self._write_lock = threading.Lock()
 
@@ -82,11 +86,16 @@ def create_app(ctx: Context | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=ctx.settings.base_url.startswith("https://"),
-        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_CONTENT_LENGTH=FORM_MAX_BODY,
         PROPAGATE_EXCEPTIONS=False,
         TRAP_HTTP_EXCEPTIONS=False,
         TEMPLATES_AUTO_RELOAD=False,
     )
+    # No slash-merging or trailing-slash redirects: Werkzeug builds their Location
+    # from the Host header (``GET //unsubscribe//x`` with ``Host: evil.example``
+    # answered 308 to http://evil.example/...).  Set before any rule is added.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     state = WebState(ctx)
     app.extensions["newsletter"] = state
     guard.install(app)
@@ -100,6 +109,37 @@ def create_app(ctx: Context | None = None) -> Flask:
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(admin_blueprint())
     return app
+
+
+def waitress_options(
+    host: str, port: int, threads: int, trusted_proxy: str | None = None
+) -> dict[str, Any]:
+    """waitress's settings: bodies, idle connections and threads bounded (issue 16).
+
+    * ``max_request_body_size``: waitress buffers a whole body before the app sees
+      it, so its own limit is what refuses a huge upload *from its headers*; it is
+      the webhook limit (the largest any route takes), and Flask's 64 KiB
+      ``MAX_CONTENT_LENGTH`` refuses a larger form body before parsing it.
+    * ``channel_timeout``/``cleanup_interval``: an idle or half-open connection is
+      closed after 30 s instead of 120 s; ``connection_limit`` 1000 (not 100), so a
+      hundred idle sockets cannot lock out ``/healthz`` and real readers.
+    * ``max_request_header_size`` 64 KiB (not 256 KiB): nothing here needs more.
+    """
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "threads": max(threads, 1),
+        "ident": "newsletter",
+        "clear_untrusted_proxy_headers": True,
+        "max_request_body_size": WEBHOOK_MAX_BODY,
+        "max_request_header_size": 64 * 1024,
+        "channel_timeout": 30,
+        "cleanup_interval": 10,
+        "connection_limit": 1000,
+    }
+    if trusted_proxy:
+        options.update(trusted_proxy=trusted_proxy, trusted_proxy_headers={"x-forwarded-for"})
+    return options
 
 
 def web_state(app: Flask) -> WebState:
@@ -123,15 +163,7 @@ def serve(
     """
     import waitress
 
-    options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "threads": threads,
-        "ident": "newsletter",
-        "clear_untrusted_proxy_headers": True,
-    }
-    if trusted_proxy:
-        options.update(trusted_proxy=trusted_proxy, trusted_proxy_headers={"x-forwarded-for"})
+    options = waitress_options(host, port, threads, trusted_proxy)
     installed = False
     if (
         threading.current_thread() is threading.main_thread()

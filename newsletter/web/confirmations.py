@@ -36,6 +36,8 @@ class Confirmation:
     email: str
     name: str
     confirm_url: str
+    already: bool = False  # an active reader: "you are already subscribed", no link
+    silent: bool = False  # built like any other (the same work) but never sent: a complainer
 
 
 def send_confirmation(
@@ -46,10 +48,16 @@ def send_confirmation(
     A temporary failure (4xx, dropped connection) is retried after a short pause;
     anything else is logged and given up on: the person can ask again.
     """
-    from ..mail import build_single, render_confirmation
+    from ..mail import build_single, render_already_subscribed, render_confirmation
 
-    rendered = render_confirmation(ctx, item.name, item.confirm_url)
-    built = build_single(ctx, item.email, item.name, rendered.subject, rendered.html, rendered.text)
+    # No name: until the address is confirmed, the name is a stranger's text (anyone
+    # can type anyone's address), and To or "Hi <name>" would let them write to it.
+    render = render_already_subscribed if item.already else render_confirmation
+    rendered = render(ctx, "", item.confirm_url)
+    built = build_single(ctx, item.email, "", rendered.subject, rendered.html, rendered.text)
+    if item.silent:
+        log.info("subscriber %s complained: the signup note is not sent", item.subscriber_id)
+        return True
     for delay in (*retry_delays, None):
         outcome = transport.send(ctx.settings.from_email, item.email, built.data)
         if outcome.outcome is Outcome.SENT:

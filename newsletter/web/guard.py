@@ -7,11 +7,13 @@ own, and so the routes read as the product behaviour rather than as plumbing.
   hidden form field (synchroniser token).  Only the subscribe and "send me a new
   link" forms need it: confirm and unsubscribe are authorised by the signed token in
   their URL, and RFC 8058 one-click POSTs arrive with no cookie at all.
-* **Rate limits**: in-process sliding windows, per client IP and per target address.
-  One ``newsletter serve`` process (waitress, many threads) shares one limiter, which
-  is all a single-machine deployment needs; several processes behind a balancer
-  would each count separately (so the effective limit is N times higher), which is
-  an accepted, documented trade-off rather than a reason to add Redis.
+* **Rate limits**: per client IP and per target address, counted in the database
+  (``throttles``: one row per key and window, bumped by one atomic upsert), so any
+  number of ``newsletter serve`` processes behind one proxy, on any machines, enforce
+  one limit, with no Redis.  The only in-memory part is a fast path that is right
+  across processes too: a key found full stays full until its window ends, so its
+  further hits are refused without a round trip.  :class:`RateLimiter` (in-process
+  sliding windows) remains for a single process's own use.
 * **Headers**: a strict CSP with a per-response nonce (the confirm page's one-line
   auto-submit script carries it), ``nosniff``, no framing, and
   ``Referrer-Policy: no-referrer`` plus ``Cache-Control: no-store`` on pages whose
@@ -31,11 +33,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from flask import Flask, Response, g, render_template, request, session
+from sqlalchemy import case, delete, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from ..config import Settings, parse_limit
+from ..models import Throttle
+
+if TYPE_CHECKING:
+    from ..db import Database
 
 log = logging.getLogger("newsletter.web")
 
@@ -102,7 +113,7 @@ class RateLimiter:
     _hits: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def hit(self, key: str) -> bool:
+    def hit(self, key: str, session: Session | None = None) -> bool:
         """Record one attempt for ``key``; False when it is over the limit (not recorded)."""
         now = self.clock()
         horizon = now - self.period
@@ -132,6 +143,83 @@ class RateLimiter:
                 del self._hits[key]
 
 
+@dataclass
+class SharedLimiter:
+    """At most ``limit`` hits per ``period`` seconds per key, for every process at once.
+
+    Fixed windows that start at a key's first hit (so a burst right at a window's
+    end and the next window's start can reach twice the limit: the price of one
+    atomic statement per hit).  Refused hits are not counted.
+    """
+
+    db: Database
+    name: str
+    limit: int
+    period: float
+    clock: Callable[[], float] = time.time
+    max_cached: int = 10_000
+    _full_until: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _hits: int = field(default=0, init=False, repr=False)
+
+    def hit(self, key: str, session: Session | None = None) -> bool:
+        """Count one attempt for ``key``; False when it is over the limit.
+
+        ``session``: the caller's open write transaction, if any (on SQLite a second
+        one from the same thread would wait for our own lock).
+        """
+        now = self.clock()
+        row_key = f"{self.name}|{key}"[:400]
+        with self._lock:
+            if self._full_until.get(row_key, 0.0) > now:
+                return False
+            self._hits += 1
+            prune = self._hits % 1000 == 0
+        if session is not None:
+            allowed, start = self._count(session, row_key, now, prune)
+        else:
+            with self.db.write() as own:
+                allowed, start = self._count(own, row_key, now, prune)
+        if not allowed:
+            with self._lock:
+                if len(self._full_until) >= self.max_cached:
+                    self._full_until.clear()
+                self._full_until[row_key] = start + self.period
+        return allowed
+
+    def _count(self, session: Session, key: str, now: float, prune: bool) -> tuple[bool, float]:
+        t = Throttle.__table__.c
+        expired = t.window_start <= now - self.period
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        statement = (
+            insert(Throttle)
+            .values(key=key, window_start=now, hits=1)
+            .on_conflict_do_update(
+                index_elements=[t.key],
+                set_={
+                    "window_start": case((expired, now), else_=t.window_start),
+                    "hits": case((expired, 1), else_=t.hits + 1),
+                },
+                where=or_(expired, t.hits < self.limit),
+            )
+            .returning(t.hits)
+        )
+        allowed = session.execute(statement).first() is not None
+        start = now if allowed else session.scalar(select(t.window_start).where(t.key == key))
+        if prune:  # old windows of this limiter: nobody needs them any more
+            session.execute(
+                delete(Throttle).where(
+                    t.key.startswith(f"{self.name}|"),
+                    t.window_start <= now - self.period,
+                )
+            )
+        return allowed, float(start if start is not None else now)
+
+
+class Limiter(Protocol):
+    def hit(self, key: str, session: Session | None = None) -> bool: ...
+
+
 def ip_key(remote: str) -> str:
     """The per-client rate-limit key: the IPv4 address, or the IPv6 /64.
 
@@ -151,24 +239,34 @@ def ip_key(remote: str) -> str:
 
 
 def address_key(email: str) -> str:
-    """The per-target rate-limit key: ``victim+1@`` and ``victim+2@`` are one inbox."""
-    local, _, domain = email.rpartition("@")
-    return f"addr:{local.split('+', 1)[0] or local}@{domain}"
+    """The per-target rate-limit key: the canonical mailbox, so ``victim+1@``,
+    ``victim+2@`` and, at Gmail, ``v.ictim@`` are one inbox with one limit."""
+    from ..subscribers.addresses import canonical_mailbox
+
+    return f"addr:{canonical_mailbox(email)}"
 
 
 @dataclass(frozen=True)
 class Limits:
     """The web app's limiters, configured from ``NEWSLETTER_WEB_RATE_*``."""
 
-    per_ip: RateLimiter
-    per_address: RateLimiter
+    per_ip: Limiter
+    per_address: Limiter
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        """NEWSLETTER_WEB_RATE_IP / _ADDRESS (``COUNT/PERIOD``, validated by config)."""
+    def from_settings(cls, settings: Settings, db: Database | None = None) -> Limits:
+        """NEWSLETTER_WEB_RATE_IP / _ADDRESS (``COUNT/PERIOD``, validated by config).
+
+        With ``db`` (the web app) the counts are shared by every process using that
+        database; without, they live in this process only.
+        """
         ip = parse_limit(settings.web_rate_ip)
         address = parse_limit(settings.web_rate_address)
-        return cls(per_ip=RateLimiter(*ip), per_address=RateLimiter(*address))
+        if db is None:
+            return cls(per_ip=RateLimiter(*ip), per_address=RateLimiter(*address))
+        return cls(
+            per_ip=SharedLimiter(db, "ip", *ip), per_address=SharedLimiter(db, "address", *address)
+        )
 
 
 # --------------------------------------------------------------------------- headers

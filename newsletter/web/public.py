@@ -8,12 +8,13 @@ this module never imports the factory that registers it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from flask import Blueprint, abort, current_app, render_template, request
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from .. import subscribers as subs
 from ..context import Context
@@ -64,13 +65,22 @@ def _page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
     return render_template(f"web/{template}", **values), status
 
 
-def _confirmation_for(subscriber: Subscriber | None) -> Confirmation | None:
-    """The email to queue once the transaction has committed (never before)."""
+@overload
+def _confirmation_for(subscriber: Subscriber, already: bool = False) -> Confirmation: ...
+@overload
+def _confirmation_for(subscriber: None, already: bool = False) -> None: ...
+def _confirmation_for(subscriber: Subscriber | None, already: bool = False) -> Confirmation | None:
+    """The email to queue once the transaction has committed (never before).
+
+    ``already``: an active reader's address was typed in again; they get an
+    "already subscribed" note, built with the same work as a confirmation.
+    """
     if subscriber is None:
         return None
     ctx = _ctx()
-    url = f"{ctx.settings.base_url}/confirm/{ctx.tokens.confirm(subscriber.id)}"
-    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url)
+    token = ctx.tokens.confirm(subscriber.id, subscriber.epoch or 0)
+    url = f"{ctx.settings.base_url}/confirm/{token}"
+    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url, already)
 
 
 @blueprint.get("/")
@@ -106,22 +116,35 @@ def subscribe() -> tuple[str, int]:
         )  # fmt: skip
     if not state.limits.per_address.hit(address_key(email)):
         return error_page(429)
-    name = subs.clean_name(raw_name)
+    name = subs.form_name(raw_name)
     with state.write() as session:
-        mail = _confirmation_for(subs.request_subscription(session, email, name))
-    if mail is not None:
-        state.mailer.submit(mail)
+        subscriber, needs_confirmation = subs.signup_request(session, email, name)
+        mail = _confirmation_for(subscriber, already=not needs_confirmation)
+        if not subs.may_mail(subscriber):  # a complainer: built the same way, never sent
+            mail = dataclasses.replace(mail, silent=True)
+    # Queued the same way for every address: a confirmation, or "already subscribed".
+    state.mailer.submit(mail)
     return _page("check_inbox.html")
 
 
 def _confirm_id(token: str) -> int | tuple[str, int]:
-    """The subscriber id a confirm token carries, or the expired-link page."""
+    """The subscriber id a confirm token carries, or the expired/replaced-link page."""
     try:
-        return _ctx().tokens.read_confirm(token)
+        subscriber_id, epoch = _ctx().tokens.read_confirm_epoch(token)
     except ExpiredToken as exc:
         return _expired(exc.subscriber_id, token)
     except InvalidToken:
         abort(400)
+    return _replaced(subscriber_id, epoch) or subscriber_id
+
+
+def _replaced(subscriber_id: int, epoch: int) -> tuple[str, int] | None:
+    """The "replaced" page for a link from an earlier epoch (issue 16, finding 6)."""
+    with _ctx().db.read() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None or subs.current_epoch(subscriber, epoch):
+            return None
+    return _page("replaced.html", 410)
 
 
 @blueprint.get("/confirm/<token>")
@@ -189,7 +212,7 @@ def resend(token: str) -> tuple[str, int]:
         if subscriber is None or not _can_resend(subscriber):
             # Purged, or left since: a fresh signup is the way back in.
             return _page("expired.html", token=token, known=False)
-        if not state.limits.per_address.hit(address_key(subscriber.email)):
+        if not state.limits.per_address.hit(address_key(subscriber.email), session):
             return error_page(429)
         again = subs.request_subscription(session, subscriber.email, subscriber.name)
         mail = _confirmation_for(again)
@@ -262,13 +285,20 @@ def archive_issue(issue_id: int) -> tuple[str, int]:
 
 @blueprint.get("/healthz")
 def healthz() -> tuple[str, int, dict[str, str]]:
+    """ok when the database answers *and accepts a write* (a one-row heartbeat).
+
+    A full disk or a read-only file still answers SELECT 1, while every signup,
+    confirmation and send fails: the balancer must hear about it, and why.
+    """
+    from ..db import error_reason, heartbeat
+
     plain = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
     try:
-        with _ctx().db.read() as session:
-            session.execute(text("SELECT 1")).scalar_one()
-    except Exception:
-        log.exception("health check: database not answering")
-        return "database unavailable\n", 503, plain
+        with _state().write() as session:
+            heartbeat(session)
+    except Exception as exc:
+        log.exception("health check: the database does not accept writes")
+        return f"database unavailable: cannot write ({error_reason(exc)})\n", 503, plain
     return "ok\n", 200, plain
 
 

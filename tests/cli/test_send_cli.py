@@ -18,20 +18,19 @@ from _delivery_support import (
 )
 from click.testing import CliRunner, Result
 from conftest import SMTPServer, free_port, start_smtp
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from newsletter.cli import main
 from newsletter.config import load_settings
 from newsletter.context import Context
-from newsletter.lease import Holder, acquire
+from newsletter.delivery import ledger
 from newsletter.models import (
-    Delivery,
-    DeliveryStatus,
     Issue,
     IssueKind,
     IssueStatus,
     IssueStory,
     Story,
+    utcnow,
 )
 from newsletter.stories.store import import_sources
 
@@ -233,26 +232,25 @@ def test_send_resumes_an_unfinished_issue(
     assert {m.message["Subject"] for m in smtp_server.messages} == {"Left over from yesterday"}
 
 
-def test_second_sender_is_told_who_holds_the_issue(
-    cli: Callable[..., Result], cli_ctx: Context
+def test_a_second_sender_joins_and_says_who_else_is_sending(
+    cli: Callable[..., Result],
+    cli_ctx: Context,
+    smtp_server: SMTPServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     add_subscribers(cli_ctx, 3)
     issue_id = make_issue(cli_ctx)
+    other = ledger.Claimant("mailer-7.example:31337:abcdef", utcnow() + timedelta(seconds=2))
     with cli_ctx.db.write() as session:
-        acquire(
-            session,
-            f"issue:{issue_id}",
-            Holder("t" * 32, "mailer-7.example", 31337),
-            timedelta(minutes=1),
-        )
-    result = cli("issues", "resume", str(issue_id))
-    assert result.exit_code == 75
-    assert "pid 31337 on mailer-7.example" in result.output
+        ledger.claim_next(session, issue_id, 0, 1, other)  # it dies holding one row
     shown = cli("issues", "show", str(issue_id))
-    assert "Being sent by pid 31337 on mailer-7.example" in shown.output
-    with cli_ctx.db.read() as session:
-        sent = session.scalar(select(func.count()).where(Delivery.status == DeliveryStatus.SENT))
-    assert sent == 0
+    assert "Being sent by pid 31337 on mailer-7.example (1 rows in flight)" in shown.output
+    use_smtp(monkeypatch, smtp_server)
+    result = cli("send", "--yes")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "joining it as one more sender (pid 31337 on mailer-7.example)" in said
+    assert counts(smtp_server.messages) == {email_for(i): 1 for i in range(3)}
 
 
 def test_cancel(cli: Callable[..., Result], cli_ctx: Context) -> None:

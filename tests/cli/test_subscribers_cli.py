@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -213,7 +214,9 @@ def test_import_from_stdin(cli_env: dict[str, str]) -> None:
     assert "stdin@example.com" in stored(cli_env)
 
 
-def test_export_stdout_and_file_round_trip(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_export_stdout_and_file_round_trip(
+    cli_env: dict[str, str], tmp_path: Path, new_database: Callable[..., str]
+) -> None:
     run("add", "a@example.com", "--name", "=2+5", "--confirmed")
     run("add", "b@bücher.example", "--name", "Björn")
     out = run("export")
@@ -235,7 +238,7 @@ def test_export_stdout_and_file_round_trip(cli_env: dict[str, str], tmp_path: Pa
     assert target.stat().st_mode & 0o077 == 0  # personal data: owner-only
 
     # The export imports into a fresh database and exports back byte for byte.
-    fresh = {**cli_env, "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    fresh = {**cli_env, "NEWSLETTER_DATABASE_URL": new_database("fresh.db")}
     result = CliRunner().invoke(
         main, ["subscribers", "import", str(target), "--confirmed"], env=fresh
     )

@@ -26,8 +26,8 @@ from sqlalchemy import select
 from newsletter.context import Context
 from newsletter.delivery import ledger
 from newsletter.delivery import send as delivery
-from newsletter.delivery.engine import Progress
-from newsletter.lease import Holder, LeaseHeld, acquire
+from newsletter.delivery.engine import Progress, sender_id
+from newsletter.lease import Holder
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -313,7 +313,10 @@ def test_rows_left_sending_by_a_crash_are_retried(
     add_subscribers(ctx, 20)
     issue_id = make_issue(ctx)
     with ctx.db.write() as session:  # a dead sender claimed a batch and recorded 3 as sent
-        claim = ledger.claim_next(session, issue_id, 0, 7)
+        dead = ledger.Claimant(
+            "mailer-2.example:4242:feedfacecafe", utcnow() - timedelta(seconds=1)
+        )
+        claim = ledger.claim_next(session, issue_id, 0, 7, dead)
         done = [ledger.Result(j.subscriber_id, None) for j in claim.jobs[:3]]
         assert len(claim.jobs) == 7
         session.execute(
@@ -326,24 +329,26 @@ def test_rows_left_sending_by_a_crash_are_retried(
     assert len(smtp_server.messages) == 17  # the 3 sent are never resent; 4 sending are
 
 
-def test_lease_says_who_holds_it_and_expires(open_ctx: Callable[..., Context]) -> None:
-    ctx = open_ctx(NEWSLETTER_LEASE_SECONDS="60")
-    add_subscribers(ctx, 3)
+def test_a_live_senders_rows_are_left_alone_until_its_claim_expires(
+    open_ctx: Callable[..., Context], smtp_server: SMTPServer
+) -> None:
+    """Another sender (another machine) holds 4 rows and stops renewing: they are taken
+    back only once its claim has expired, so they arrive after everyone else's."""
+    ctx = open_ctx(NEWSLETTER_SMTP_URL=smtp_server.url)
+    add_subscribers(ctx, 12)
     issue_id = make_issue(ctx)
-    other = Holder(token="x" * 32, host="mailer-2.example", pid=4242)
+    other = ledger.Claimant("mailer-2.example:4242:0123456789ab", utcnow() + timedelta(seconds=2))
     with ctx.db.write() as session:
-        acquire(session, f"issue:{issue_id}", other, timedelta(seconds=60))
-    with pytest.raises(LeaseHeld, match=r"pid 4242 on mailer-2\.example"):
-        delivery.send_issue(ctx, issue_id)
-    assert set(statuses(ctx, issue_id).values()) == {"queued"}
-    with ctx.db.write() as session:  # that sender crashed long ago
-        lease = session.get(Lease, f"issue:{issue_id}")
-        assert lease is not None
-        lease.expires_at = utcnow() - timedelta(seconds=1)
-    assert delivery.send_issue(ctx, issue_id).ok
+        held = [j.email for j in ledger.claim_next(session, issue_id, 0, 4, other).jobs]
+        assert delivery.other_senders(session, issue_id) == [("mailer-2.example", "4242", 4)]
+    summary = delivery.send_issue(ctx, issue_id)
+    assert summary.ok and summary.counts[DeliveryStatus.SENT] == 12
+    order = [m.rcpt_tos[0] for m in smtp_server.messages]
+    assert counts(smtp_server.messages) == {email_for(i): 1 for i in range(12)}
+    assert sorted(order[-4:]) == sorted(held)  # untouched while its claim was live
 
 
-def test_a_dead_local_holder_is_taken_over_at_once(ctx: Context) -> None:
+def test_a_dead_local_sender_is_taken_over_at_once(ctx: Context) -> None:
     import socket
     import subprocess
 
@@ -351,9 +356,12 @@ def test_a_dead_local_holder_is_taken_over_at_once(ctx: Context) -> None:
     issue_id = make_issue(ctx)
     proc = subprocess.Popen(["sleep", "0"])
     proc.wait()
-    holder = Holder(token="y" * 32, host=socket.gethostname(), pid=proc.pid)
+    dead = ledger.Claimant(
+        sender_id(Holder(token="y" * 32, host=socket.gethostname(), pid=proc.pid)),
+        utcnow() + timedelta(minutes=5),
+    )
     with ctx.db.write() as session:
-        acquire(session, f"issue:{issue_id}", holder, timedelta(minutes=5))
+        assert len(ledger.claim_next(session, issue_id, 0, 10, dead).jobs) == 2
     assert delivery.send_issue(ctx, issue_id).ok
 
 
@@ -375,7 +383,10 @@ def test_send_rate_is_honoured(open_ctx: Callable[..., Context], smtp_server: SM
     started = time.monotonic()
     assert delivery.send_issue(ctx, issue_id).ok
     elapsed = time.monotonic() - started
-    assert 0.65 <= elapsed < 3.0  # 30 messages at 40/s, one token of initial credit
+    # 30 messages at 40/s, one token of initial credit: a lower bound only (a loaded
+    # machine is slower, never faster; an upper bound would flake).
+    assert elapsed >= 0.65
+    assert len(smtp_server.messages) == 30
 
 
 def test_a_streak_of_permanent_failures_pauses_the_issue(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from newsletter.context import Context
 from newsletter.delivery import ledger
 from newsletter.delivery import send as delivery
 from newsletter.delivery.transport import Outcome, SMTPPool
-from newsletter.models import DeliveryStatus, IssueStatus
+from newsletter.models import DeliveryStatus, IssueStatus, utcnow
 
 # -- an unexpected positive reply to RCPT must not count as delivered --------------------
 
@@ -149,10 +150,11 @@ def test_claim_selects_rows_for_update_skip_locked(ctx: Context) -> None:
 
     event.listen(ctx.db.engine, "before_execute", capture)
     try:
+        me = ledger.Claimant("here:1:abc", utcnow() + timedelta(minutes=1))
         with ctx.db.write() as session:
-            claim = ledger.claim_next(session, issue_id, 0, 3)
+            claim = ledger.claim_next(session, issue_id, 0, 3, me)
         with ctx.db.write() as session:
-            retry = ledger.claim_ids(session, issue_id, [claim.jobs[0].subscriber_id + 3])
+            retry = ledger.claim_ids(session, issue_id, [claim.jobs[0].subscriber_id + 3], me)
     finally:
         event.remove(ctx.db.engine, "before_execute", capture)
     assert len(claim.jobs) == 3 and len(retry.jobs) == 1  # SQLite: the same rows as before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import shutil
 import ssl
 import subprocess
@@ -61,6 +62,16 @@ class Pipelining(RecordingHandler):
         (554, "no SMTP service here", "session", Outcome.POLICY),
         (553, "5.1.8 sender address domain not found", "mail", Outcome.POLICY),
         (421, "too many connections", "session", Outcome.RETRY),
+        # Without an enhanced code, 550/551/553 mean "no such mailbox" only at RCPT:
+        (550, "mailbox unavailable", "data", Outcome.FAILED),
+        (551, "user not local", "data", Outcome.FAILED),
+        (553, "mailbox name not allowed", "data", Outcome.FAILED),
+        (551, "user not local", "rcpt", Outcome.BOUNCE),
+        (553, "mailbox name not allowed", "rcpt", Outcome.BOUNCE),
+        # 500 is a permanent error (syntax), not a "try again": 499 is the last retry.
+        (500, "syntax error", "data", Outcome.FAILED),
+        (500, "5.5.2 syntax error", "rcpt", Outcome.FAILED),
+        (499, "odd", "data", Outcome.RETRY),
     ],
 )
 def test_classify(code: int, text: str, stage: str, expected: Outcome) -> None:
@@ -238,7 +249,10 @@ def test_login_with_percent_encoded_credentials(
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
+        message = "openssl is needed to make a test certificate (apt-get install openssl)"
+        if os.environ.get("CI"):  # CI must run the TLS tests: .ci/run installs openssl
+            pytest.fail(message)
+        pytest.skip(message)
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
@@ -342,7 +356,10 @@ def test_token_bucket_keeps_the_rate() -> None:
         t.join()
     elapsed = time.monotonic() - started
     assert len(done) == 200
-    assert 0.9 <= elapsed <= 2.0  # 200 tokens at 200/s, one token of initial credit
+    # 200 tokens at 200/s, one token of initial credit.  Only bounds a slow machine
+    # cannot break: at least 0.9 s in all, and no more tokens early than the rate allows.
+    assert elapsed >= 0.9
+    assert sum(t - started < 0.5 for t in done) <= 0.5 * 200 + 2
     cancelled = threading.Event()
     slow = TokenBucket(0.5)
     slow.reserve()

@@ -41,7 +41,7 @@ def test_poll_uses_etag_and_a_304_imports_nothing(
     served = server.routes["/bbc.xml"] = Served((FEEDS / "bbc.xml").read_bytes())
     url = server.url("/bbc.xml")
     with ctx.db.write() as session:
-        first = poll_feed(session, url, timeout=5)
+        first = poll_feed(session, url, timeout=5, allow_private=True)
     assert first.ok and first.added == 38 and not first.not_modified
     assert stories(ctx) == 38
     with ctx.db.read() as session:
@@ -52,7 +52,7 @@ def test_poll_uses_etag_and_a_304_imports_nothing(
     assert "if-none-match" not in server.requests[0].headers
 
     with ctx.db.write() as session:
-        second = poll_feed(session, url, timeout=5)
+        second = poll_feed(session, url, timeout=5, allow_private=True)
     assert second.ok and second.not_modified
     assert (second.added, second.updated, second.unchanged) == (0, 0, 0)
     assert server.requests[1].headers["if-none-match"] == '"v1"'
@@ -67,7 +67,7 @@ def test_poll_uses_etag_and_a_304_imports_nothing(
     )
     served.etag = '"v2"'
     with ctx.db.write() as session:
-        third = poll_feed(session, url, timeout=5)
+        third = poll_feed(session, url, timeout=5, allow_private=True)
     assert (third.added, third.updated, third.unchanged) == (0, 1, 37)
     assert server.statuses("/bbc.xml") == [200, 304, 200]
     assert state(ctx, url).etag == '"v2"'
@@ -77,8 +77,8 @@ def test_poll_uses_etag_and_a_304_imports_nothing(
 def test_poll_with_last_modified_only(shared: Path, ctx: Context, server: FeedServer) -> None:
     server.routes["/cnn"] = Served((FEEDS / "cnn.xml").read_bytes(), etag=None)
     url = server.url("/cnn")
-    first = poll_feed_db(ctx.db, url, feature=False, timeout=5)
-    second = poll_feed_db(ctx.db, url, feature=False, timeout=5)
+    first = poll_feed_db(ctx.db, url, feature=False, timeout=5, allow_private=True)
+    second = poll_feed_db(ctx.db, url, feature=False, timeout=5, allow_private=True)
     assert first.added == 29 and second.not_modified
     assert "if-none-match" not in server.requests[1].headers
     assert server.requests[1].headers["if-modified-since"] == server.routes["/cnn"].last_modified
@@ -91,10 +91,10 @@ def test_poll_with_last_modified_only(shared: Path, ctx: Context, server: FeedSe
 def test_poll_errors_are_returned_and_recorded(ctx: Context, server: FeedServer) -> None:
     server.routes["/down"] = Served(b"", status=503)
     server.routes["/html"] = Served(b"<html><body>Moved</body></html>", content_type="text/html")
-    down = poll_feed_db(ctx.db, server.url("/down"), timeout=5)
+    down = poll_feed_db(ctx.db, server.url("/down"), timeout=5, allow_private=True)
     assert down.error == "HTTP 503 Service Unavailable"
     assert state(ctx, server.url("/down")).last_status == "error: HTTP 503 Service Unavailable"
-    html = poll_feed_db(ctx.db, server.url("/html"), timeout=5)
+    html = poll_feed_db(ctx.db, server.url("/html"), timeout=5, allow_private=True)
     assert html.error and "not an RSS or Atom feed" in html.error
     html_state = state(ctx, server.url("/html"))
     assert html_state.etag is None  # validators of an unusable answer are not kept
@@ -109,7 +109,7 @@ def test_import_feed_urls_with_a_failing_and_a_slow_one(
     server.routes["/slow"] = Served((FEEDS / "bbc.xml").read_bytes(), delay=3)
     sources = [server.url("/guardian"), server.url("/missing"), server.url("/slow")]
     with ctx.db.write() as session:
-        report = import_sources(session, sources, feature=True, timeout=0.5)
+        report = import_sources(session, sources, feature=True, timeout=0.5, allow_private=True)
     guardian, missing, slow = report.results
     assert guardian.ok and guardian.added == 95
     assert missing.error == "HTTP 404 Not Found"
@@ -120,6 +120,7 @@ def test_import_feed_urls_with_a_failing_and_a_slow_one(
     assert sources_stored == {server.url("/guardian")}
 
 
+@pytest.mark.sqlite_only
 def test_fetching_does_not_hold_the_sqlite_write_lock(
     shared: Path, ctx: Context, server: FeedServer
 ) -> None:
@@ -140,8 +141,8 @@ def test_fetching_does_not_hold_the_sqlite_write_lock(
 
     server.routes["/f"] = Served((FEEDS / "huffpost.xml").read_bytes(), on_request=try_write_lock)
     with ctx.db.write() as session:  # the CLI's shape: one write transaction around the import
-        report = import_sources(session, [server.url("/f")], timeout=5)
+        report = import_sources(session, [server.url("/f")], timeout=5, allow_private=True)
     assert report.added == 31
-    polled = poll_feed_db(ctx.db, server.url("/f"), timeout=5)
+    polled = poll_feed_db(ctx.db, server.url("/f"), timeout=5, allow_private=True)
     assert polled.ok and polled.unchanged == 31  # known stories: featuring is the editor's
     assert took_lock == [True, True]

@@ -276,7 +276,7 @@ def test_export_columns_and_formula_safety(ctx: Context) -> None:
     assert lines[4:] == [""]
 
 
-def test_export_imports_back_unchanged(ctx: Context, make_settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_export_imports_back_unchanged(ctx: Context, make_settings, new_database) -> None:  # type: ignore[no-untyped-def]
     with ctx.db.write() as session:
         subs.add_subscriber(session, "active@example.com", "=cmd|' /C calc'!A0", confirmed=True)
         subs.add_subscriber(session, "pending@bücher.example", 'Jürgen, "Jo" Groß')
@@ -288,7 +288,7 @@ def test_export_imports_back_unchanged(ctx: Context, make_settings, tmp_path) ->
     with ctx.db.read() as session:
         export_csv(session, first)
 
-    other = Context.open(make_settings(NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}"))
+    other = Context.open(make_settings(NEWSLETTER_DATABASE_URL=new_database("b.db")))
     try:
         with other.db.write() as session:
             report = apply_import(session, parse_csv(first.getvalue().encode()), confirmed=True)

@@ -12,9 +12,9 @@ from _timetable_support import add_featured, add_readers, delivery_counts, serve
 from conftest import FEEDS, SMTPServer
 from sqlalchemy import func, select, update
 
-from newsletter import lease
 from newsletter.config import Settings
 from newsletter.context import Context
+from newsletter.delivery import ledger
 from newsletter.delivery import send as delivery
 from newsletter.mail import digest
 from newsletter.models import (
@@ -168,13 +168,13 @@ def test_upkeep_skips_an_issue_another_process_is_sending(
     sctx: Context, smtp_server: SMTPServer
 ) -> None:
     issue_id = make_issue(sctx, 3)
-    other = lease.Holder(token="elsewhere", host="other-host.example", pid=99)
+    other = ledger.Claimant("other-host.example:99:elsewhere", utcnow() + timedelta(minutes=1))
     with sctx.db.write() as session:
-        lease.acquire(session, f"issue:{issue_id}", other, timedelta(minutes=1))
+        ledger.claim_next(session, issue_id, 0, 1, other)
     run = jobs.run_upkeep(sctx)
     assert run.busy == [issue_id] and run.resumed == []
     assert smtp_server.messages == []
-    assert delivery_counts(sctx) == {DeliveryStatus.QUEUED: 3}
+    assert delivery_counts(sctx) == {DeliveryStatus.QUEUED: 2, DeliveryStatus.SENDING: 1}
 
 
 def test_upkeep_leaves_deferred_rows_until_they_are_due(

@@ -71,7 +71,9 @@ def test_new_address_gets_pending_row_and_confirmation_email(web: Web) -> None:
     assert "List-Unsubscribe" not in msg  # not subscribed yet: nothing to leave
     assert "Bcc" not in msg  # the CR/LF in the name started no header
     [to] = msg["To"].addresses
-    assert to.addr_spec == "reader@example.com" and to.display_name == "Ada Bcc: x@evil.test"
+    # No name before confirmation: it is whatever a stranger typed (issue 16, finding 2).
+    assert to.addr_spec == "reader@example.com" and to.display_name == ""
+    assert sub.name == "Ada Bcc"
     url = link(msg, "confirm")
     assert web.ctx.tokens.read_confirm(url.rsplit("/", 1)[1]) == sub.id
 
@@ -87,7 +89,10 @@ def test_same_answer_for_new_pending_and_active(web: Web) -> None:
     assert {r.status_code for r in (new, pending, active)} == {200}
     assert len(bodies) == 1, "the answer must not reveal whether the address is known"
     assert len(web.mails_to("new@example.com")) == 2  # pending: a fresh link each time
-    assert web.mails_to("active@example.com") == []
+    # An active reader gets a note instead of a link (the same work, issue 16 finding 5).
+    [note] = web.mails_to("active@example.com")
+    assert note.message["Subject"] == "You are already subscribed to The Daily Digest"
+    assert "/confirm/" not in note.data.decode()
     active_row = web.subscriber("active@example.com")
     assert active_row is not None and active_row.status == SubscriberStatus.ACTIVE
 

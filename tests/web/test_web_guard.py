@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+from sqlalchemy import select
 
 from newsletter.config import InvalidLimit, parse_limit
-from newsletter.web.guard import RateLimiter
+from newsletter.context import Context
+from newsletter.models import Throttle
+from newsletter.web.guard import RateLimiter, SharedLimiter
 
 
 class FakeClock:
@@ -69,3 +72,27 @@ def test_thread_safe_counting() -> None:
     for t in threads:
         t.join()
     assert allowed.count(True) == 500 and allowed.count(False) == 300
+
+
+def test_shared_limiter_counts_for_every_process_on_the_database(ctx: Context) -> None:
+    """Two limiters on one database (two processes): one count, refusals not counted."""
+    clock = FakeClock()
+    a = SharedLimiter(ctx.db, "ip", limit=3, period=60, clock=clock)
+    b = SharedLimiter(ctx.db, "ip", limit=3, period=60, clock=clock)
+    assert [a.hit("ip:1"), b.hit("ip:1"), a.hit("ip:1")] == [True, True, True]
+    assert b.hit("ip:1") is False and a.hit("ip:1") is False  # full, whoever asks
+    assert a.hit("ip:2") is True  # another key has its own window
+    other = SharedLimiter(ctx.db, "address", limit=3, period=60, clock=clock)
+    assert other.hit("ip:1") is True  # another limiter's keys are its own
+    clock.now += 61
+    assert b.hit("ip:1") is True  # the window has passed: a fresh one
+    with ctx.db.read() as session:
+        hits = session.scalar(select(Throttle.hits).where(Throttle.key == "ip|ip:1"))
+    assert hits == 1
+
+
+def test_shared_limiter_inside_the_callers_transaction(ctx: Context) -> None:
+    limiter = SharedLimiter(ctx.db, "address", limit=1, period=60)
+    with ctx.db.write() as session:  # no second transaction, no wait on our own lock
+        assert limiter.hit("addr:x@example.com", session) is True
+        assert limiter.hit("addr:x@example.com", session) is False

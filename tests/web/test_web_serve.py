@@ -6,11 +6,12 @@ No browser here: plain HTTP with a cookie jar, so these run wherever Python does
 from __future__ import annotations
 
 import http.cookiejar
-import sqlite3
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from _databases import folder_database_url, query
 from _web_support import csrf_from, link, start_serve, wait_for
 from conftest import SMTPServer
 
@@ -40,11 +41,12 @@ def _confirm(base: str, url: str, headers: dict[str, str] | None = None) -> None
 
 
 def _ip(tmp_path: Path, email: str) -> str | None:
-    with sqlite3.connect(tmp_path / "served.db") as conn:
-        row = conn.execute(
-            "SELECT consent_ip FROM subscribers WHERE email = ?", (email,)
-        ).fetchone()
-    return None if row is None else row[0]
+    rows = query(
+        folder_database_url(tmp_path, "served.db"),
+        "SELECT consent_ip FROM subscribers WHERE email = :email",
+        email=email,
+    )
+    return None if not rows else str(rows[0][0]) if rows[0][0] is not None else None
 
 
 def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(
@@ -75,26 +77,63 @@ def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(
 
 def test_sigterm_stops_cleanly_after_sending_queued_confirmations(tmp_path: Path) -> None:
     import asyncio
+    import threading
 
     from aiosmtpd.smtp import SMTP, Envelope, Session
     from conftest import RecordingHandler, start_smtp
 
-    class Slow(RecordingHandler):
-        """A mail server that takes its time, so confirmations are still queued at SIGTERM."""
+    gate = threading.Event()
+
+    class Held(RecordingHandler):
+        """A mail server that holds every DATA until the test opens the gate, so the
+        confirmations are certainly still queued when SIGTERM arrives (no timing)."""
 
         async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-            await asyncio.sleep(0.4)
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
             return await super().handle_DATA(server, session, envelope)
 
-    smtp = start_smtp(Slow())
+    smtp = start_smtp(Held())
     try:
         served = start_serve(tmp_path, smtp.url)
         for i in range(5):
             _subscribe(served.base, f"queued{i}@example.com")
-        assert len(smtp.messages) < 5  # some are still waiting in the queue
+        assert smtp.messages == []  # all five still queued (the first one held at DATA)
+        served.proc.terminate()  # SIGTERM first, then let the mail server answer
+        gate.set()
         assert served.stop() == 0, served.output
         sent = {r for m in smtp.messages for r in m.rcpt_tos}
         assert sent == {f"queued{i}@example.com" for i in range(5)}
         assert "Traceback" not in served.output
     finally:
         smtp.controller.stop()
+
+
+def _post_subscribe(base: str, email: str) -> int:
+    """One signup through the real form; the HTTP status (429 when throttled)."""
+    opener = _browser()
+    with opener.open(base + "/subscribe", timeout=10) as resp:
+        token = csrf_from(resp.read().decode())
+    body = urllib.parse.urlencode({"csrf_token": token, "email": email}).encode()
+    try:
+        with opener.open(urllib.request.Request(base + "/subscribe", data=body), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_two_serve_processes_share_the_subscribe_throttle(
+    tmp_path: Path, smtp_server: SMTPServer
+) -> None:
+    """Two processes behind one proxy: 5 signups per IP in all, not 5 each."""
+    limit = {"NEWSLETTER_WEB_RATE_IP": "5/1h"}
+    one = start_serve(tmp_path, smtp_server.url, **limit)
+    two = start_serve(tmp_path, smtp_server.url, **limit)
+    try:
+        codes = [
+            _post_subscribe((one, two)[i % 2].base, f"reader{i}@example.com") for i in range(8)
+        ]
+    finally:
+        assert one.stop() == 0 and two.stop() == 0
+    assert codes == [200] * 5 + [429] * 3, codes
+    rows = query(folder_database_url(tmp_path, "served.db"), "SELECT count(*) FROM subscribers")
+    assert rows == [(5,)]

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from ... import delivery
-from ...delivery import lease_name, ledger
-from ...lease import current
+from ...delivery import ledger
 from ...models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
 from .base import admin, admin_state, confirm_page, ctx, done, editor, framed, page, web
 from .hooks import bounce_diagnostics
@@ -77,7 +76,7 @@ def issue(issue_id: int) -> tuple[str, int]:
     with ctx().db.read() as session:
         row = _issue_or_404(session, issue_id)
         stories = [(link.story.id, link.story.title) for link in row.stories]
-        holder = current(session, lease_name(issue_id))
+        senders = delivery.other_senders(session, issue_id)
         diagnostics = smtp_diagnostics(session, issue_id)
         bounces = bounce_diagnostics(session, issue_id)
         unsubscribed = unsubscribed_after(session, issue_id, row.started_at)
@@ -103,7 +102,7 @@ def issue(issue_id: int) -> tuple[str, int]:
         issue=row,
         info=info,
         stories=stories,
-        holder=holder,
+        senders=senders,
         diagnostics=diagnostics,
         bounces=bounces,
         unsubscribed=unsubscribed,
@@ -121,14 +120,6 @@ def issue_frozen(issue_id: int) -> Response:
         row = _issue_or_404(session, issue_id)
         html = public_copy(row.html, base_url=ctx().settings.base_url, issue_id=row.id)
     return framed(html)
-
-
-def _held_elsewhere(issue_id: int) -> str | None:
-    with ctx().db.read() as session:
-        holder = current(session, lease_name(issue_id))
-    if holder is None or admin_state().running(issue_id):
-        return None
-    return f"another process is sending it (pid {holder.pid} on {holder.host})"
 
 
 @admin.post("/issues/<int:issue_id>/pause")
@@ -155,6 +146,15 @@ def _start(issue_id: int, label: str, fn: Callable[..., object]) -> bool:
     return state.start(issue_id, label, lambda: fn(context, issue_id, stop=state.stop))
 
 
+def _busy(issue_id: int) -> Response:
+    return done(
+        f"Issue #{issue_id} is being sent from this server already.",
+        "admin.issue",
+        "error",
+        issue_id=issue_id,
+    )
+
+
 @admin.post("/issues/<int:issue_id>/resume")
 def issue_resume(issue_id: int) -> Response:
     with ctx().db.read() as session:
@@ -167,14 +167,8 @@ def issue_resume(issue_id: int) -> Response:
             "error",
             issue_id=issue_id,
         )
-    busy = _held_elsewhere(issue_id)
-    if busy or not _start(issue_id, "resume", delivery.resume):
-        return done(
-            f"Issue #{issue_id} is being sent already{': ' + busy if busy else ''}.",
-            "admin.issue",
-            "error",
-            issue_id=issue_id,
-        )
+    if not _start(issue_id, "resume", delivery.resume):
+        return _busy(issue_id)
     return done(f"Resuming issue #{issue_id}.", "admin.issue", issue_id=issue_id)
 
 
@@ -193,14 +187,8 @@ def issue_retry(issue_id: int) -> Response:
             "error",
             issue_id=issue_id,
         )
-    busy = _held_elsewhere(issue_id)
-    if busy or not _start(issue_id, "retry", delivery.retry_failed):
-        return done(
-            f"Issue #{issue_id} is being sent already{': ' + busy if busy else ''}.",
-            "admin.issue",
-            "error",
-            issue_id=issue_id,
-        )
+    if not _start(issue_id, "retry", delivery.retry_failed):
+        return _busy(issue_id)
     return done(
         f"Retrying {failed:,} failed deliveries of issue #{issue_id}.",
         "admin.issue",

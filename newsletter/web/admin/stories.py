@@ -150,7 +150,8 @@ def story_import() -> Response:
     url = request.form.get("feed", "")
     if url not in ctx().settings.feeds:
         return _redirect("Only the feeds in NEWSLETTER_FEEDS can be imported here.", "error")
-    polled = fetch_and_parse(url, None, None)  # outside any transaction: the network is slow
+    allow = ctx().settings.feeds_allow_private
+    polled = fetch_and_parse(url, None, None, allow_private=allow)  # no transaction: slow
     with web().write() as session:
         result = record_poll(session, url, polled, feature=True)
     if result.error:
