@@ -297,6 +297,14 @@ def _check_settings_page(web: Web) -> None:
     assert "mailbox-secret" not in page and "imaps://bounces:****@imap.example.com/INBOX" in page
     assert "smtp://mailer:****@127.0.0.1:2525" in page
     assert "_dmarc.example.com" in page and "v=spf1" in page
+    try:  # the readers stage's footer form, once it has landed
+        from newsletter.web.embed import embed_snippet  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        assert "Not available in this version." in page
+    else:
+        from markupsafe import escape
+
+        assert str(escape(embed_snippet(web.ctx.settings))) in page
     dashboard = client.get("/admin/").get_data(as_text=True)
     assert "NEWSLETTER_SMTP_URL" not in dashboard or "hunter2" not in dashboard
 
