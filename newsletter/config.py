@@ -90,6 +90,9 @@ class Settings:
     web_rate_address: str = "3/1h"
     language: str = "en"
     digest_note: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    weekly_cron: str = "0 8 * * 0"
+    weekly_max_stories: int = 12
     # Not settings: which placeholder defaults are still in force (``first_run_problems``).
     bounce_address: str | None = None
     bounce_mailbox: str | None = None
@@ -358,11 +361,11 @@ def crontab_weekdays(field: str) -> str:
     return ",".join(_CRONTAB_DAYS[day] for day in sorted(days, key=lambda d: (d - 1) % 7))
 
 
-def _cron(value: str) -> str:
+def _cron(value: str, key: str = "DIGEST_CRON") -> str:
     fields = value.split()
     if len(fields) != 5:
         raise ConfigError(
-            f"{PREFIX}DIGEST_CRON: expected 5 fields 'minute hour day month weekday', got {value!r}"
+            f"{PREFIX}{key}: expected 5 fields 'minute hour day month weekday', got {value!r}"
         )
     try:
         from apscheduler.triggers.cron import CronTrigger
@@ -374,8 +377,48 @@ def _cron(value: str) -> str:
             minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday)
         )
     except ValueError as exc:
-        raise ConfigError(f"{PREFIX}DIGEST_CRON: {exc}") from None
+        raise ConfigError(f"{PREFIX}{key}: {exc}") from None
     return value
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, lower-cased, default port dropped."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    default = 443 if scheme == "https" else 80
+    host = parts.hostname.lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """NEWSLETTER_ALLOWED_ORIGINS: the site's origins, exactly scheme://host[:port]."""
+    name = f"{PREFIX}ALLOWED_ORIGINS"
+    _no_control(name, value)
+    origins: list[str] = []
+    for item in (i.strip() for i in re.split(r"[\s,]+", value)):
+        if not item:
+            continue
+        origin = origin_of(item)
+        if origin is None or not _bare(item):
+            raise ConfigError(
+                f"{name}: expected origins like https://www.site.example, got {item!r}"
+            )
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))
+
+
+def _bare(item: str) -> bool:
+    """``item`` is only scheme://host[:port] (no path, query, fragment or user)."""
+    parts = urlsplit(item.rstrip("/"))
+    return not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
 
 
 def _timezone(value: str) -> str:
@@ -517,6 +560,10 @@ def _load(env: Mapping[str, str]) -> Settings:
         kwargs["timezone"] = _timezone(v)
     if (v := get("FEEDS")) is not None:
         kwargs["feeds"] = _feeds(v)
+    if (v := get("ALLOWED_ORIGINS")) is not None:
+        kwargs["allowed_origins"] = _origins(v)
+    if (v := get("WEEKLY_CRON")) is not None:
+        kwargs["weekly_cron"] = _cron(v, "WEEKLY_CRON")
     return _load_rest(get, kwargs)
 
 
@@ -525,6 +572,7 @@ def _load_rest(get: Callable[[str], str | None], kwargs: dict[str, object]) -> S
     for key, attr, minimum, maximum in (
         ("FEED_POLL_MINUTES", "feed_poll_minutes", 1, 7 * 24 * 60),  # a week
         ("MAX_STORIES", "max_stories", 1, 10_000),
+        ("WEEKLY_MAX_STORIES", "weekly_max_stories", 1, 10_000),
         ("SMTP_CONNECTIONS", "smtp_connections", 1, 1_000),
         ("MISFIRE_GRACE_SECONDS", "misfire_grace_seconds", 1, 86_400),  # a daily digest's day
         ("MAX_ATTEMPTS", "max_attempts", 1, 1_000),

@@ -77,9 +77,17 @@ class BounceType(enum.StrEnum):
     NONE = "none"
 
 
+class Frequency(enum.StrEnum):
+    """How often a reader wants the featured stories (their preferences page)."""
+
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
 class IssueKind(enum.StrEnum):
     DIGEST = "digest"
     MANUAL = "manual"
+    WEEKLY = "weekly"  # the week's edition, to weekly readers only
 
 
 class IssueStatus(enum.StrEnum):
@@ -191,6 +199,12 @@ class Subscriber(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Soft-bounce history lives in bounce_events (type soft, this subscriber_id).
     complained_at: Mapped[datetime | None]
+    frequency: Mapped[Frequency] = mapped_column(
+        _enum(Frequency, "frequency"), default=Frequency.DAILY, server_default="daily"
+    )
+    # The sections chosen on the preferences page, a sorted JSON list; NULL = all.
+    sections: Mapped[str | None] = mapped_column(Text)
+    paused_until: Mapped[datetime | None]  # "pause for 2 / 4 weeks": no issue until then
 
     @validates("email", "name", "consent_ip", "source")
     def _no_nul(self, _key: str, value: str | None) -> str | None:
@@ -210,6 +224,8 @@ class Issue(Base):
     text: Mapped[str] = mapped_column(Text)
     preheader: Mapped[str] = mapped_column(Text, default="")
     digest_date: Mapped[date | None] = mapped_column(Date, unique=True)
+    # The ISO week of a weekly edition ("2026-W49"): unique, so one weekly per week.
+    edition_week: Mapped[str | None] = mapped_column(String(10), unique=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -218,6 +234,27 @@ class Issue(Base):
     stories: Mapped[list[IssueStory]] = relationship(
         back_populates="issue", order_by="IssueStory.position", cascade="all, delete-orphan"
     )
+
+
+class IssueVariant(Base):
+    """One rendering of an issue for one set of chosen sections (frozen like the issue).
+
+    Rendered once per distinct section set among the issue's readers, never per
+    reader; ``story_count`` 0 records that readers of that set had nothing left.
+    """
+
+    __tablename__ = "issue_variants"
+
+    issue_id: Mapped[int] = mapped_column(
+        ForeignKey("issues.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sections: Mapped[str] = mapped_column(Text)  # the same sorted JSON list as subscribers'
+    story_count: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(998))
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    preheader: Mapped[str] = mapped_column(Text, default="")
 
 
 class IssueStory(Base):
@@ -254,6 +291,7 @@ class Delivery(Base):
     last_response: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     sent_at: Mapped[datetime | None]
+    variant: Mapped[int | None] = mapped_column(Integer)  # issue_variants.number; NULL = whole
     # A bounce or complaint that came back after the 250 (newsletter.bounces).
     bounce_type: Mapped[BounceType | None] = mapped_column(_enum(BounceType, "bounce_type"))
     bounce_status: Mapped[str | None] = mapped_column(String(32))

@@ -3,8 +3,8 @@
 ``newsletter serve`` runs as a subprocess (waitress) on a temporary SQLite file; mail
 goes over SMTP to an aiosmtpd server in this test; ``newsletter stories import`` and
 ``newsletter send`` run as subprocesses too.  Chromium (Debian's, through
-Playwright) subscribes, follows the confirmation link, and presses the unsubscribe
-button in the digest; the second send must skip the reader.
+Playwright) subscribes, presses the one button behind the confirmation link, and
+presses the unsubscribe button in the digest; the second send must skip the reader.
 """
 
 from __future__ import annotations
@@ -91,21 +91,24 @@ def test_subscribe_confirm_receive_unsubscribe_in_chromium(
         page.wait_for_selector("text=Check your inbox")
         assert _status(tmp_path, READER)[0] == "pending"
 
-        # 2. The confirmation email; its link confirms (the page submits itself).
+        # 2. The confirmation email; its link opens a page whose one button confirms.
         wait_for(lambda: bool(_mails_to(smtp, READER)), timeout=20)
         [confirmation] = _mails_to(smtp, READER)
         confirm_url = link(confirmation.message, "confirm", base)
         page.goto(confirm_url)
+        assert _status(tmp_path, READER)[0] == "pending"  # opening it confirms nobody
+        page.click("button[type=submit]")
         page.wait_for_selector("text=You're subscribed")
         status, consent_ip = _status(tmp_path, READER)
         assert status == "active" and consent_ip == "127.0.0.1"
-        assert not errors, errors  # e.g. a CSP violation would have blocked the auto-submit
+        assert not errors, errors  # e.g. a CSP violation
 
         # 3. A digest of featured stories, sent by the real command.
         _cli(env, tmp_path, "stories", "import", str(OWN_FEEDS / "planet.xml"), "--feature")
         _cli(env, tmp_path, "send", "--yes")
-        wait_for(lambda: len(_mails_to(smtp, READER)) == 2, timeout=30)
-        digest = _mails_to(smtp, READER)[1].message
+        # (the second email is the welcome)
+        wait_for(lambda: len(_mails_to(smtp, READER)) == 3, timeout=30)
+        digest = _mails_to(smtp, READER)[2].message
         assert "List-Unsubscribe" in digest
 
         # 4. Its unsubscribe link: a page with one button; pressing it unsubscribes.
@@ -122,7 +125,7 @@ def test_subscribe_confirm_receive_unsubscribe_in_chromium(
     _cli(env, tmp_path, "send", "--story", str(story_id), "--yes")
     wait_for(lambda: bool(_mails_to(smtp, OTHER)), timeout=30)
     time.sleep(0.5)
-    assert len(_mails_to(smtp, READER)) == 2, "an unsubscribed reader got another issue"
+    assert len(_mails_to(smtp, READER)) == 3, "an unsubscribed reader got another issue"
     last_issue = _rows(tmp_path, "SELECT max(id) FROM issues")[0][0]
     recipients = {
         row[0]

@@ -72,6 +72,7 @@ def _register() -> None:
         admin,
         bounces,
         dkim,
+        embed,
         preview,
         sending,
         server,
@@ -93,6 +94,7 @@ def _register() -> None:
         admin,
         dkim,
         bounces,
+        embed,
         users,
     ):
         for command in module.COMMANDS:

@@ -75,6 +75,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
     from .. import delivery
     from ..bounces.report import issue_bounces
     from ..delivery import ledger, quota
+    from ..delivery.variants import describe_variants
     from ..models import Delivery, DeliveryStatus, Issue, IssueStatus
 
     ctx = state.ctx
@@ -89,6 +90,7 @@ def show_issue(state: AppState, issue_id: int) -> None:
         used = quota.used_today(session, ctx.settings) if ctx.settings.daily_limit else 0
         stories = [(link.story.id, link.story.title) for link in issue.stories]
         came_back = issue_bounces(session, issue_id)
+        renderings = describe_variants(session, issue_id)
         errors = session.execute(
             select(Delivery.status, Delivery.last_code, Delivery.last_response, func.count())
             .where(
@@ -122,6 +124,10 @@ def show_issue(state: AppState, issue_id: int) -> None:
     console.print(f"Stories ({len(stories)}):")
     for position, (story_id, title) in enumerate(stories, 1):
         console.print(f"  {position}. {title}  [dim](#{story_id})[/dim]")
+    if renderings:  # readers' section choices: one rendering per section set
+        console.print(f"Section renderings ({len(renderings)}):")
+        for line in renderings:
+            console.print(f"  {line}", markup=False)
     table = Table("Deliveries", "Count", title=None)
     for kind in DeliveryStatus:
         table.add_row(kind.value, f"{counts[kind]:,}")

@@ -22,8 +22,11 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from ..context import Context
     from ..mail import BuiltMessage
+    from ..models import Issue
 
 
 from .state import AppState, check_signing, pass_state
@@ -62,8 +65,10 @@ def build_preview(
     today: date | None = None,
     to: str | None = None,
     editor_note: str | None = None,
+    weekly: bool = False,
 ) -> Preview | None:
-    """The next digest for a sample reader, or None when nothing is new. Writes nothing.
+    """The next digest (or weekly edition) for a sample reader, or None when nothing is
+    new. Writes nothing.
 
     The token signer is made first: without a configured key it stores a generated
     one in its own transaction, which must not wait on our open one.
@@ -82,12 +87,15 @@ def build_preview(
     try:
         day = today or local_today(ctx.settings)
         note = None
-        try:
-            issue = build_issue(session, ctx, today=day, note=editor_note, record=False)
-        except AlreadySentToday as exc:
-            note = f"{exc}; previewing the next digest instead"
-            tomorrow = day + timedelta(days=1)
-            issue = build_issue(session, ctx, today=tomorrow, note=editor_note, record=False)
+        if weekly:
+            issue, note = _weekly_draft(session, ctx, day)
+        else:
+            try:
+                issue = build_issue(session, ctx, today=day, note=editor_note, record=False)
+            except AlreadySentToday as exc:
+                note = f"{exc}; previewing the next digest instead"
+                tomorrow = day + timedelta(days=1)
+                issue = build_issue(session, ctx, today=tomorrow, note=editor_note, record=False)
         if issue is None:
             return None
         number = next_issue_number(session)
@@ -98,6 +106,17 @@ def build_preview(
     finally:
         session.rollback()
         session.close()
+
+
+def _weekly_draft(session: Session, ctx: Context, day: date) -> tuple[Issue | None, str | None]:
+    """This week's edition (or, when it went out already, the same stories as next week's)."""
+    from ..mail.weekly import AlreadySentThisWeek, build_weekly
+
+    try:
+        return build_weekly(session, ctx, today=day, record=False), None
+    except AlreadySentThisWeek as exc:
+        note = f"{exc}; previewing next week's instead"
+        return build_weekly(session, ctx, today=day + timedelta(days=7), record=False), note
 
 
 def factory_domain(ctx: Context) -> str:
@@ -119,6 +138,7 @@ def factory_domain(ctx: Context) -> str:
     metavar="TEXT",
     help="An editor's note above the lead (default NEWSLETTER_DIGEST_NOTE).",
 )
+@click.option("--weekly", is_flag=True, help="This week's edition instead of the next digest.")
 @pass_state
 def preview(
     state: AppState,
@@ -127,6 +147,7 @@ def preview(
     open_browser: bool,
     name: str,
     note: str | None,
+    weekly: bool,
 ) -> None:
     """Write the next digest as a subscriber would get it, without sending or recording it."""
 
@@ -137,10 +158,13 @@ def preview(
     ctx = state.ctx
     check_signing(ctx.settings)  # the preview is signed as a reader's copy would be
     try:
-        result = build_preview(ctx, name=name, editor_note=note)
+        result = build_preview(ctx, name=name, editor_note=note, weekly=weekly)
     except (TemplateProblem, TemplateError, DkimKeyError, ValueError) as exc:
         raise click.ClickException(f"cannot build the preview: {exc}") from None
     if result is None:
+        if weekly:
+            click.echo("nothing to send: no featured stories in the last 7 days")
+            return
         click.echo("nothing new to send: no featured stories that have not gone out yet")
         return
     if result.note:

@@ -163,6 +163,9 @@ def _send_test_copy(
     metavar="TEXT",
     help="An editor's note shown above the lead story (default NEWSLETTER_DIGEST_NOTE).",
 )
+@click.option(
+    "--weekly", is_flag=True, help="This week's edition, to the readers who chose weekly."
+)
 @click.argument("more_ids", nargs=-1, metavar="")
 @pass_state
 def send_command(
@@ -173,9 +176,10 @@ def send_command(
     stories: tuple[str, ...],
     subject: str | None,
     note: str | None,
+    weekly: bool,
     more_ids: tuple[str, ...],
 ) -> None:
-    """Send today's digest now (or a manual issue with --story).
+    """Send today's digest now (or a manual issue with --story, or --weekly).
 
     An unfinished issue (interrupted, paused or with retries left) is resumed
     instead of starting another; one another process is sending is joined (this
@@ -196,15 +200,23 @@ def send_command(
     check_signing(ctx.settings)  # before any issue exists
     if subject is not None and story_ids is None:
         raise click.BadParameter("--subject goes with --story", param_hint="--subject")
+    if weekly:
+        _weekly(ctx, yes, dry_run, story_ids is not None or to is not None or note is not None)
+        return
     if to is not None:
         _send_test_copy(ctx, to, story_ids, subject, dry_run, note)
         return
     if not dry_run:
         require_real_settings(ctx)
+    from ..models import IssueKind
+    from ..subscribers.preferences import audience_count
+
     with ctx.db.read() as session:
         unfinished = delivery.unfinished_issue(session)
         unfinished_id = unfinished.id if unfinished is not None else None
-        recipients = delivery.active_count(session)
+        # Daily readers for the digest (weekly and paused ones wait), everyone for --story.
+        kind = IssueKind.DIGEST if story_ids is None else IssueKind.MANUAL
+        recipients = audience_count(session, kind)
     via = open_transport_description(ctx)
     if unfinished_id is not None:
         _resume_instead(ctx, unfinished_id, yes=yes, dry_run=dry_run, new=story_ids is not None)
@@ -235,6 +247,21 @@ def send_command(
         console.print("Nothing new to send.")
         return
     run_issue(ctx, issue_id, "Sending", delivery.send_issue, finished_ok=True)
+
+
+def _weekly(ctx: Context, yes: bool, dry_run: bool, other_options: bool) -> None:
+    """``send --weekly``: the body lives in :mod:`newsletter.cli.weekly`."""
+    if other_options:
+        raise click.UsageError("--weekly does not go with --story, --subject, --to or --note")
+    if not dry_run:
+        require_real_settings(ctx)
+    from .weekly import send_weekly
+
+    def resume(issue_id: int) -> None:
+        _resume_instead(ctx, issue_id, yes=yes, dry_run=dry_run, new=True)
+
+    via = open_transport_description(ctx)
+    send_weekly(ctx, yes=yes, dry_run=dry_run, resume_instead=resume, via=via)
 
 
 def _show_quota(ctx: Context, recipients: int) -> None:

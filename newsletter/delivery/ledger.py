@@ -85,7 +85,16 @@ class Claim:
 
 
 def enqueue(session: Session, issue_id: int) -> int:
-    """Queue the issue for every subscriber active right now: one ``INSERT … SELECT``."""
+    """Queue the issue for its readers right now: one ``INSERT … SELECT``.
+
+    Who they are depends on the issue's kind (``subscribers.preferences.audience``:
+    daily or weekly readers, everyone for a manual issue; paused readers wait);
+    readers who chose sections are then pointed at their rendering
+    (``variants.assign_variants``).
+    """
+    from ..subscribers.preferences import audience
+    from .variants import assign_variants
+
     already = session.scalar(select(func.count()).select_from(D).where(D.c.issue_id == issue_id))
     if already:
         raise ValueError(f"issue {issue_id} is already enqueued ({already} deliveries)")
@@ -95,9 +104,13 @@ def enqueue(session: Session, issue_id: int) -> int:
         literal(DeliveryStatus.QUEUED.value),
         literal(0),
     ).where(S.c.status == SubscriberStatus.ACTIVE.value)
+    kind = session.scalar(select(Issue.kind).where(Issue.id == issue_id))
+    if kind is not None:
+        source = source.where(audience(kind))
     session.execute(
         insert(D).from_select(["issue_id", "subscriber_id", "status", "attempts"], source)
     )
+    assign_variants(session, issue_id)
     # Counted, not ``rowcount``: after INSERT … SELECT psycopg reports -1 on PostgreSQL.
     return int(
         session.scalar(select(func.count()).select_from(D).where(D.c.issue_id == issue_id)) or 0

@@ -116,10 +116,13 @@ def unfinished_issue(session: Session) -> Issue | None:
 
 
 def _default_build(ctx: Context, issue: Issue) -> BuildFn:
-    from ..mail import MessageFactory
+    from ..mail.variants import issue_builder
+    from .variants import load_variants
 
-    kind = issue.kind.value
-    return MessageFactory(ctx, issue.id, issue.subject, issue.html, issue.text, kind=kind).build
+    with ctx.db.read() as session:  # readers' section renderings (usually none)
+        variants, assignment = load_variants(session, issue.id)
+    whole = (issue.subject, issue.html, issue.text)
+    return issue_builder(ctx, issue.id, whole, variants, assignment, kind=issue.kind.value)
 
 
 def other_senders(session: Session, issue_id: int) -> list[tuple[str, str, int]]:

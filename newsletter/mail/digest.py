@@ -25,6 +25,7 @@ from ..models import AppState, Issue, IssueKind, IssueStatus, IssueStory, Story,
 from ..stories import list_stories
 from .headers import header_safe
 from .render import render_issue
+from .variants import record_variants
 
 
 class AlreadySentToday(Exception):
@@ -179,4 +180,7 @@ def build_issue(
         raise AlreadySentToday(
             digest_date, other.id if other else None, other.status.value if other else None
         ) from None
+    record_variants(
+        session, issue, stories, lambda subset: render_issue(ctx, subset, day, note), subject
+    )
     return issue

@@ -37,19 +37,24 @@ from ..context import Context
 from . import headers
 from .dkim import BodyHasher, DkimSigner
 from .headers import clean_header_text, header_safe
-from .render import ARCHIVE_URL, GREETING, UNSUBSCRIBE_URL, greeting_for, http_url
+from .render import ARCHIVE_URL, GREETING, PREFERENCES_URL, UNSUBSCRIBE_URL, greeting_for, http_url
 
 __all__ = ["BuiltMessage", "MessageFactory", "build_single", "header_safe"]
 
 # Slots: indexes into the per-recipient values tuple.
 _TO, _DATE, _MSGID, _UNSUB, _GREET_TEXT, _GREET_HTML, _UNSUB_TEXT, _UNSUB_HTML, _TAG = range(9)
+_PREFS_TEXT, _PREFS_HTML = 9, 10
 _BODY_SLOTS = {
     ("text", GREETING): _GREET_TEXT,
     ("html", GREETING): _GREET_HTML,
     ("text", UNSUBSCRIBE_URL): _UNSUB_TEXT,
     ("html", UNSUBSCRIBE_URL): _UNSUB_HTML,
+    ("text", PREFERENCES_URL): _PREFS_TEXT,
+    ("html", PREFERENCES_URL): _PREFS_HTML,
 }
-_PLACEHOLDER = re.compile(f"{re.escape(GREETING)}|{re.escape(UNSUBSCRIBE_URL)}")
+_PLACEHOLDER = re.compile(
+    f"{re.escape(GREETING)}|{re.escape(UNSUBSCRIBE_URL)}|{re.escape(PREFERENCES_URL)}"
+)
 _SOFT_BREAK = b"=\r\n"
 _QP_MAX = 76  # RFC 2045 6.7: encoded lines at most 76 octets, soft break included
 
@@ -311,6 +316,7 @@ class MessageFactory:
         self._tokens = ctx.tokens
         self._prefix = f"{base}/unsubscribe/"
         self._prefix_escapes = html_module.escape(self._prefix) != self._prefix
+        self._preferences_prefix = f"{base}/preferences/"
         self._signer = DkimSigner.from_settings(settings)
         self._nonce = secrets.token_hex(5)
         self._counter = itertools.count(1)
@@ -334,6 +340,9 @@ class MessageFactory:
         )
         url_qp = qp_open(url)
         tag = self._tags.tag(self.issue_id, subscriber_id)
+        # Same alphabet as the unsubscribe URL (base + token chars): escaping alike.
+        prefs = self._preferences_prefix + self._tokens.preferences(subscriber_id)
+        prefs_qp = qp_open(prefs)
         values = (
             headers.address(name, email).encode("ascii"),
             self._dates.now(),
@@ -344,6 +353,8 @@ class MessageFactory:
             url_qp,
             qp_open(html_module.escape(url)) if self._prefix_escapes else url_qp,
             tag.encode("ascii"),
+            prefs_qp,
+            qp_open(html_module.escape(prefs)) if self._prefix_escapes else prefs_qp,
         )
         data = self._compiled.format % self._compiled.pick(values)
         verp = self._verp
@@ -387,6 +398,7 @@ def build_single(
     unsubscribe_url: str | None = None,
     *,
     issue_id: int | None = None,
+    preferences_url: str | None = None,
 ) -> BuiltMessage:
     """One-off mail (confirmation, ``send --to`` test copy) through the same machinery.
 
@@ -420,6 +432,10 @@ def build_single(
     greeting = greeting_for(name)
     message_id = f"<single.{secrets.token_hex(10)}@{compiled.domain}>"
     url = unsubscribe_url or f"{base}/"
+    # A preferences link in the body: ``preferences_url``, else the site (an editor's
+    # test copy has no reader's preferences).
+    prefs = http_url(header_safe(preferences_url)) if preferences_url else None
+    prefs = prefs or f"{base}/"
     values = (
         headers.address(name, to_email).encode("ascii"),
         _DateCache().now(),
@@ -429,6 +445,9 @@ def build_single(
         qp_open(html_module.escape(greeting)),
         qp_open(url),
         qp_open(html_module.escape(url)),
+        b"",  # no tag header on a one-off message
+        qp_open(prefs),
+        qp_open(html_module.escape(prefs)),
     )
     data = compiled.format % compiled.pick(values)
     sign = compiled.signer(DkimSigner.from_settings(settings), values)

@@ -43,12 +43,13 @@ log = logging.getLogger(__name__)
 GREETING = "__NL_GREETING__"
 UNSUBSCRIBE_URL = "__NL_UNSUBSCRIBE_URL__"
 ARCHIVE_URL = "__NL_ARCHIVE_URL__"
-PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, ARCHIVE_URL)
+PREFERENCES_URL = "__NL_PREFERENCES_URL__"  # the reader's /preferences/<token> link
+PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL, ARCHIVE_URL, PREFERENCES_URL)
 # Any case: a template filter (``|upper``, ``|title``) must not turn a look-alike
 # into a real placeholder; with IGNORECASE, [A-Z] also matches the non-ASCII letters
 # that upper-case to ASCII (ı, ſ, K).
 PLACEHOLDER_RE = re.compile(r"__NL_[A-Z_]+__", re.IGNORECASE)
-_URL_PLACEHOLDERS = frozenset({UNSUBSCRIBE_URL, ARCHIVE_URL})
+_URL_PLACEHOLDERS = frozenset({UNSUBSCRIBE_URL, ARCHIVE_URL, PREFERENCES_URL})
 
 GMAIL_CLIP_BYTES = 102 * 1024
 SUBJECT_MAX = 78
@@ -273,6 +274,7 @@ def _base_values(ctx: Context) -> dict[str, Any]:
         "greeting": GREETING,
         "unsubscribe_url": UNSUBSCRIBE_URL,
         "archive_url": ARCHIVE_URL,
+        "preferences_url": PREFERENCES_URL,
     }
 
 
@@ -285,9 +287,11 @@ def _check_placeholders(name: str, rendered: str, *required: str) -> None:
             raise TemplateProblem(f"template {name} must use {{{{ {variable} }}}}")
 
 
-def subject_line(env: Environment, values: dict[str, Any], lead: str) -> str:
+def subject_line(
+    env: Environment, values: dict[str, Any], lead: str, name: str = "subject.txt"
+) -> str:
     """The subject template rendered, then the lead headline shortened to fit 78 chars."""
-    template = env.get_template("subject.txt")
+    template = env.get_template(name)
     for _ in range(4):
         subject = clean_text(template.render(**(values | {"lead_title": lead})))
         if len(subject) <= SUBJECT_MAX:
@@ -303,12 +307,20 @@ def note_lines(note: str | None) -> list[str]:
 
 
 def render_issue(
-    ctx: Context, stories: Sequence[Story], issue_date: date, note: str | None = None
+    ctx: Context,
+    stories: Sequence[Story],
+    issue_date: date,
+    note: str | None = None,
+    *,
+    template: str = "digest",
+    extra: dict[str, Any] | None = None,
 ) -> Rendered:
     """Subject, inlined HTML and plain text of one issue; per-reader parts left as placeholders.
 
     The first story leads (full-width picture, full summary); the rest form the
     compact list.  ``note`` is the editor's note shown above the lead.
+    ``template`` names the pair (``digest``, or ``weekly`` for the week's edition,
+    whose subject comes from ``weekly_subject.txt``); ``extra`` adds variables.
     """
     if not stories:
         raise ValueError("an issue needs at least one story")
@@ -316,29 +328,36 @@ def render_issue(
     views = [story_view(story, ctx.settings.tz) for story in stories]
     lines = note_lines(note)
     preheader = truncate(" · ".join(v.title for v in views[:3]), PREHEADER_MAX)
-    values = _base_values(ctx) | {
-        "stories": views,
-        "lead": views[0],
-        "rest": views[1:],
-        "note": lines,
-        "count": len(views),
-        "issue_date": issue_date,
-        "date_long": long_date(issue_date),
-        "date_short": short_date(issue_date),
-        "date_compact": f"{issue_date.day} {issue_date:%b}",
-        "preheader": preheader,
-    }
-    values["subject"] = subject_line(text_env, values, views[0].title)
-    html = html_env.get_template("digest.html").render(**values)
-    text = tidy_text(text_env.get_template("digest.txt").render(**values))
-    for name, body in (("digest.html", html), ("digest.txt", text)):
+    values = (
+        _base_values(ctx)
+        | {
+            "stories": views,
+            "lead": views[0],
+            "rest": views[1:],
+            "note": lines,
+            "count": len(views),
+            "issue_date": issue_date,
+            "date_long": long_date(issue_date),
+            "date_short": short_date(issue_date),
+            "date_compact": f"{issue_date.day} {issue_date:%b}",
+            "preheader": preheader,
+        }
+        | (extra or {})
+    )
+    subject_template = "subject.txt" if template == "digest" else f"{template}_subject.txt"
+    values["subject"] = subject_line(text_env, values, views[0].title, subject_template)
+    html = html_env.get_template(f"{template}.html").render(**values)
+    text = tidy_text(text_env.get_template(f"{template}.txt").render(**values))
+    for name, body in ((f"{template}.html", html), (f"{template}.txt", text)):
         _check_placeholders(name, body, UNSUBSCRIBE_URL, ARCHIVE_URL)
         if values["postal_address"] and values["postal_address"] not in html_module.unescape(body):
             raise TemplateProblem(f"template {name} must show {{{{ postal_address }}}}")
     return Rendered(values["subject"], finish_html(html), text, preheader)
 
 
-def render_confirmation(ctx: Context, name: str, confirm_url: str) -> Rendered:
+def render_confirmation(
+    ctx: Context, name: str, confirm_url: str, preferences_url: str | None = None
+) -> Rendered:
     """The double opt-in email (``confirm.html``/``confirm.txt``) for one person.
 
     Uses the same variables as ``webmail.render_confirmation`` so either caller works.
@@ -358,6 +377,7 @@ def render_confirmation(ctx: Context, name: str, confirm_url: str) -> Rendered:
         "base_url": settings.base_url,
         "postal_address": clean_text(settings.postal_address),
         "expires_days": CONFIRM_MAX_AGE.days,
+        "preferences_url": http_url(preferences_url),
         "settings": settings,
         "subject": subject,
     }
@@ -394,12 +414,14 @@ def render_already_subscribed(ctx: Context, name: str, confirm_url: str) -> Rend
 def public_copy(body: str, *, base_url: str, issue_id: int) -> str:
     """A frozen issue as a full document with no reader's name and no reader's token.
 
-    The greeting is dropped and the unsubscribe link points at the site (a visitor
-    has no subscription to end).  :func:`web_body` is what the archive page shows.
+    The greeting is dropped and the unsubscribe and preferences links point at the
+    site (a visitor has no subscription to end or to change).  :func:`web_body` is
+    what the archive page shows.
     """
     return (
         body.replace(GREETING, "")
         .replace(UNSUBSCRIBE_URL, f"{base_url}/")
+        .replace(PREFERENCES_URL, f"{base_url}/")
         .replace(ARCHIVE_URL, f"{base_url}/archive/{issue_id}")
     )
 

@@ -10,8 +10,9 @@ bounced``.  Two rules shape every function here:
   :func:`normalise_email` for the exact form and why.
 * **Suppression is sticky.**  An unsubscribed or bounced row is kept, so the address
   stays off the list: the CLI and CSV imports never reactivate it.  The only way
-  back is the person's own fresh request *and* confirmation through the web form
-  (:func:`request_subscription` then :func:`confirm`).  Only ``remove --erase``
+  back for someone who unsubscribed is their own fresh request *and* confirmation
+  through the web form (:func:`request_subscription` then :func:`confirm`); a
+  bounced or complained address never comes back through the form.  Only ``remove --erase``
   deletes the row (right to erasure), which by definition forgets the address too.
 
 Domain functions take the session first and never commit: the CLI, web app and
@@ -135,13 +136,13 @@ def signup_request(
 
     * new address: a pending row (source ``web``) is created;
     * pending: the same row, so a lost or expired confirmation can be re-sent;
-    * unsubscribed or bounced: the row is returned *unchanged in status*, so the
-      person can come back, but only by confirming (the address stays suppressed
-      until then, and an unconfirmed request never turns it into a purgeable
-      pending row);
+    * unsubscribed: the row is returned *unchanged in status*, so the person can
+      come back, but only by confirming (the address stays suppressed until then,
+      and an unconfirmed request never turns it into a purgeable pending row);
     * active: the row, with False: it gets an "already subscribed" email instead;
-    * complained: the row, with False, and :func:`may_mail` is False for it:
-      someone who reported us as spam gets no mail, not even this.
+    * complained or bounced: the row, untouched, with False, and :func:`may_mail`
+      is False for it: the form never re-activates an address that reported us as
+      spam or bounced, and sends it nothing (the page answers the same either way).
 
     Returns (subscriber, needs a confirmation).  Every case writes the row the
     same way (``confirm_sent_at``, one flush), so that the time a request takes
@@ -170,7 +171,7 @@ def signup_request(
         session.add(subscriber)
         session.flush()
         return subscriber, True
-    if subscriber.status is SubscriberStatus.COMPLAINED:
+    if subscriber.status in (SubscriberStatus.COMPLAINED, SubscriberStatus.BOUNCED):
         return subscriber, False  # untouched: no open request may ever revive it
     if subscriber.status is SubscriberStatus.ACTIVE:
         subscriber.confirm_sent_at = now  # the same write as every other case
@@ -192,10 +193,11 @@ def confirm(
 
     Idempotent: confirming an active subscriber changes nothing (the first consent
     record is the one kept).  A pending row becomes active with ``confirmed_at``,
-    ``consent_at`` and ``consent_ip``.  An unsubscribed or bounced row comes back
-    only if the person asked again after leaving (:func:`request_subscription`
-    set ``confirm_sent_at``, which unsubscribing and bouncing clear); otherwise an
-    old confirmation link from before they left is ignored.  Callers check
+    ``consent_at`` and ``consent_ip``.  An unsubscribed row comes back only if the
+    person asked again after leaving (:func:`request_subscription` set
+    ``confirm_sent_at``, which unsubscribing clears), with a new consent record;
+    otherwise an old confirmation link from before they left is ignored.  A
+    bounced or complained row never comes back this way.  Callers check
     ``.status``: only ``active`` means confirmed.
     """
     subscriber = session.get(Subscriber, subscriber_id)
@@ -203,6 +205,8 @@ def confirm(
         return None
     if subscriber.status is SubscriberStatus.ACTIVE:
         return subscriber
+    if subscriber.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
+        return subscriber  # bounced or complained: only an operator's decision changes that
     if subscriber.status in SUPPRESSED and subscriber.confirm_sent_at is None:
         return subscriber
     now = now or utcnow()
@@ -211,13 +215,14 @@ def confirm(
     subscriber.consent_at = now
     subscriber.consent_ip = _clean_ip(ip)
     subscriber.unsubscribed_at = None
+    subscriber.paused_until = None
     session.flush()
     return subscriber
 
 
 def may_mail(subscriber: Subscriber) -> bool:
-    """False for someone who complained: no mail of any kind goes to them again."""
-    return subscriber.status is not SubscriberStatus.COMPLAINED
+    """False for someone who complained or bounced: the form mails them nothing."""
+    return subscriber.status not in (SubscriberStatus.COMPLAINED, SubscriberStatus.BOUNCED)
 
 
 def current_epoch(subscriber: Subscriber, epoch: int) -> bool:

@@ -2,7 +2,8 @@
 
 Tokens carry the subscriber id, never the address, so a forwarded email leaks no
 address and a token minted for one purpose cannot be replayed for another.
-Unsubscribe tokens never expire (a years-old email must still unsubscribe);
+Unsubscribe and preferences tokens never expire (a years-old email must still
+unsubscribe, and its "your preferences" link still open the page);
 confirmation tokens expire after :data:`CONFIRM_MAX_AGE` and carry the
 subscription's epoch (``[id, epoch]``; a bare id from before epochs reads as
 epoch 0), so a link minted before an unsubscribe and a new signup cannot bring
@@ -25,6 +26,7 @@ from itsdangerous.serializer import Serializer
 CONFIRM_MAX_AGE = timedelta(days=7)
 _UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
 _CONFIRM_SALT = "newsletter.confirm.v1"
+_PREFERENCES_SALT = "newsletter.preferences.v1"
 
 
 class InvalidToken(ValueError):
@@ -58,6 +60,7 @@ class Tokens:
     def __init__(self, secret_key: str) -> None:
         self._unsubscribe = _UncompressedSerializer(secret_key, salt=_UNSUBSCRIBE_SALT)
         self._confirm = URLSafeTimedSerializer(secret_key, salt=_CONFIRM_SALT)
+        self._preferences = _UncompressedSerializer(secret_key, salt=_PREFERENCES_SALT)
 
     def unsubscribe(self, subscriber_id: int) -> str:
         return str(self._unsubscribe.dumps(subscriber_id))
@@ -67,6 +70,17 @@ class Tokens:
             value = self._unsubscribe.loads(token)
         except BadSignature:
             raise InvalidToken("bad unsubscribe token") from None
+        return _as_id(value)
+
+    def preferences(self, subscriber_id: int) -> str:
+        """The ``/preferences/<token>`` link's token (signed like the unsubscribe one)."""
+        return str(self._preferences.dumps(subscriber_id))
+
+    def read_preferences(self, token: str) -> int:
+        try:
+            value = self._preferences.loads(token)
+        except BadSignature:
+            raise InvalidToken("bad preferences token") from None
         return _as_id(value)
 
     def confirm(self, subscriber_id: int, epoch: int = 0) -> str:

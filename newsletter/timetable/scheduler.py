@@ -177,6 +177,21 @@ def build_scheduler(
         next_run_time=now,  # "resume unfinished issues at start"
         replace_existing=True,
     )
+    from .weekly import WEEKLY_JOB, missed_weekly, weekly_trigger
+
+    weekly_extra: dict[str, Any] = {}
+    if catch_up and missed_weekly(ctx, now) is not None:
+        log.warning("weekly: the run was missed while the timetable was down; running it now")
+        weekly_extra["next_run_time"] = now
+    scheduler.add_job(
+        _weekly_job,
+        weekly_trigger(settings),
+        args=[ctx, stop],
+        id=WEEKLY_JOB,
+        name=f"weekly edition for weekly readers ({settings.weekly_cron}, {settings.timezone})",
+        replace_existing=True,
+        **weekly_extra,
+    )
     return scheduler
 
 
@@ -186,6 +201,12 @@ def _count(n: int, noun: str) -> str:
 
 def _digest_job(ctx: Context, trigger: DigestTrigger, stop: threading.Event | None) -> None:
     jobs.logged("digest", lambda: jobs.run_digest(ctx, trigger, stop))
+
+
+def _weekly_job(ctx: Context, stop: threading.Event | None) -> None:
+    from .weekly import run_weekly
+
+    jobs.logged("weekly", lambda: run_weekly(ctx, stop))
 
 
 def _feeds_job(ctx: Context, stop: threading.Event | None) -> None:

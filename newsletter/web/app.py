@@ -2,10 +2,10 @@
 
 Routes (DESIGN.md "Web"), and the rules they keep:
 
-* State changes only on POST.  ``GET /confirm/<token>`` renders a form that submits
-  itself with one line of JS, so a person needs no extra click but a link scanner's
-  bare GET changes nothing; ``GET /unsubscribe/<token>`` shows one button and does
-  *not* submit itself, because a scanner must never unsubscribe anyone.
+* State changes only on POST.  ``GET /confirm/<token>`` and ``GET /unsubscribe/<token>``
+  each show one button and submit nothing by themselves: the mail-security scanners
+  that open links in a sandboxed browser (Safe Links, Proofpoint, Mimecast) run
+  scripts, so only a person's click may confirm or unsubscribe anyone.
 * ``POST /unsubscribe/<token>`` is also the RFC 8058 one-click target: mailbox
   providers POST ``List-Unsubscribe=One-Click`` with no cookie and no CSRF token,
   and expect a 200 (never a redirect) however often they retry.
@@ -36,7 +36,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from ..context import Context
-from . import guard, public, webhooks
+from . import guard, origins, preferences, public, webhooks
 from .admin.base import shutdown_sends
 from .admin.views import admin_blueprint
 from .confirmations import ConfirmationMailer
@@ -99,6 +99,7 @@ def create_app(ctx: Context | None = None) -> Flask:
     state = WebState(ctx)
     app.extensions["newsletter"] = state
     guard.install(app)
+    origins.install(app)
     app.jinja_env.globals.update(
         language=ctx.settings.language,
         site_name=ctx.settings.site_name,
@@ -106,6 +107,7 @@ def create_app(ctx: Context | None = None) -> Flask:
         honeypot_field=HONEYPOT_FIELD,
     )
     app.register_blueprint(public.blueprint)
+    app.register_blueprint(preferences.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(admin_blueprint())
     return app

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..context import Context
 from ..delivery import Outcome, Transport, open_transport
@@ -38,6 +39,16 @@ class Confirmation:
     confirm_url: str
     already: bool = False  # an active reader: "you are already subscribed", no link
     silent: bool = False  # built like any other (the same work) but never sent: a complainer
+    preferences_url: str | None = None  # the reader's preferences page, linked in the email
+
+
+class Outgoing(Protocol):
+    """Another one-off email the mailer sends (the welcome): it sends itself."""
+
+    @property
+    def subscriber_id(self) -> int: ...
+
+    def send(self, ctx: Context, transport: Transport, retry_delays: tuple[float, ...]) -> bool: ...
 
 
 def send_confirmation(
@@ -52,21 +63,36 @@ def send_confirmation(
 
     # No name: until the address is confirmed, the name is a stranger's text (anyone
     # can type anyone's address), and To or "Hi <name>" would let them write to it.
-    render = render_already_subscribed if item.already else render_confirmation
-    rendered = render(ctx, "", item.confirm_url)
+    if item.already:
+        rendered = render_already_subscribed(ctx, "", item.confirm_url)
+    else:
+        rendered = render_confirmation(ctx, "", item.confirm_url, item.preferences_url)
     built = build_single(ctx, item.email, "", rendered.subject, rendered.html, rendered.text)
     if item.silent:
-        log.info("subscriber %s complained: the signup note is not sent", item.subscriber_id)
+        log.info("subscriber %s: no mail to this address: the note is not sent", item.subscriber_id)
         return True
+    what = f"confirmation to subscriber {item.subscriber_id}"
+    return deliver_single(ctx, transport, item.email, built.data, retry_delays, what)
+
+
+def deliver_single(
+    ctx: Context,
+    transport: Transport,
+    email: str,
+    data: bytes,
+    retry_delays: tuple[float, ...],
+    what: str,
+) -> bool:
+    """Hand one message to ``transport``, retrying temporary failures; True when accepted."""
     for delay in (*retry_delays, None):
-        outcome = transport.send(ctx.settings.from_email, item.email, built.data)
+        outcome = transport.send(ctx.settings.from_email, email, data)
         if outcome.outcome is Outcome.SENT:
-            log.info("confirmation sent to subscriber %s", item.subscriber_id)
+            log.info("%s sent", what)
             return True
         if outcome.outcome is not Outcome.RETRY or delay is None:
             break
         time.sleep(delay)
-    log.warning("confirmation to subscriber %s not accepted: %s", item.subscriber_id, outcome.text)
+    log.warning("%s not accepted: %s", what, outcome.text)
     return False
 
 
@@ -76,11 +102,11 @@ class ConfirmationMailer:
     def __init__(self, ctx: Context, retry_delays: tuple[float, ...] = (2.0,)) -> None:
         self._ctx = ctx
         self.retry_delays = retry_delays
-        self._queue: queue.Queue[Confirmation | None] = queue.Queue(maxsize=10_000)
+        self._queue: queue.Queue[Confirmation | Outgoing | None] = queue.Queue(maxsize=10_000)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def submit(self, item: Confirmation) -> None:
+    def submit(self, item: Confirmation | Outgoing) -> None:
         """Queue a confirmation; if the queue is full, log and drop (the form can be resent)."""
         self._ensure_thread()
         try:
@@ -122,7 +148,10 @@ class ConfirmationMailer:
                     return
                 if transport is None:
                     transport = open_transport(self._ctx.settings)
-                send_confirmation(self._ctx, item, transport, self.retry_delays)
+                if isinstance(item, Confirmation):
+                    send_confirmation(self._ctx, item, transport, self.retry_delays)
+                else:
+                    item.send(self._ctx, transport, self.retry_delays)
             except Exception:
                 log.exception(
                     "confirmation to subscriber %s failed", getattr(item, "subscriber_id", "?")

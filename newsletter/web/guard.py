@@ -14,8 +14,8 @@ own, and so the routes read as the product behaviour rather than as plumbing.
   across processes too: a key found full stays full until its window ends, so its
   further hits are refused without a round trip.  :class:`RateLimiter` (in-process
   sliding windows) remains for a single process's own use.
-* **Headers**: a strict CSP with a per-response nonce (the confirm page's one-line
-  auto-submit script carries it), ``nosniff``, no framing, and
+* **Headers**: a strict CSP with a per-response nonce (for the page's own style),
+  ``nosniff``, no framing, and
   ``Referrer-Policy: no-referrer`` plus ``Cache-Control: no-store`` on pages whose
   URL holds a token, so the token never leaks to a third party or a shared cache.
 * **Errors**: every error, including an unexpected exception, becomes a plain page
@@ -278,7 +278,7 @@ def no_referrer() -> None:
 
 
 def allow_script() -> None:
-    """Allow this response's nonce-carrying inline script (the confirm auto-submit)."""
+    """Allow this response's nonce-carrying inline script (no page uses one now)."""
     g.allow_script = True
 
 

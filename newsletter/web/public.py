@@ -22,16 +22,17 @@ from ..mail import addr_spec
 from ..models import Issue, IssueStatus, Subscriber, SubscriberStatus
 from ..subscribers import ExpiredToken, InvalidToken
 from ..subscribers.addresses import reader_reason
-from . import guard
+from . import guard, origins
 from .confirmations import Confirmation
+from .embed import HONEYPOT_FIELD as HONEYPOT_FIELD  # our form and the embed: one name
 from .guard import address_key, csrf_valid, error_page, ip_key, no_referrer
+from .welcome import welcome_for
 
 if TYPE_CHECKING:
     from .app import WebState
 
 log = logging.getLogger("newsletter.web")
 
-HONEYPOT_FIELD = "website"
 MAX_TOKEN_LENGTH = 512
 MAX_ISSUE_ID = 2**63 - 1  # SQLite's INTEGER; a larger id is simply not there
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -78,9 +79,13 @@ def _confirmation_for(subscriber: Subscriber | None, already: bool = False) -> C
     if subscriber is None:
         return None
     ctx = _ctx()
+    base = ctx.settings.base_url
     token = ctx.tokens.confirm(subscriber.id, subscriber.epoch or 0)
-    url = f"{ctx.settings.base_url}/confirm/{token}"
-    return Confirmation(subscriber.id, subscriber.email, subscriber.name, url, already)
+    url = f"{base}/confirm/{token}"
+    preferences = f"{base}/preferences/{ctx.tokens.preferences(subscriber.id)}"
+    return Confirmation(
+        subscriber.id, subscriber.email, subscriber.name, url, already, preferences_url=preferences
+    )
 
 
 @blueprint.get("/")
@@ -90,41 +95,48 @@ def subscribe_form() -> tuple[str, int]:
 
 
 @blueprint.post("/subscribe")
-def subscribe() -> tuple[str, int]:
+def subscribe() -> Any:
+    # From an allowed origin (the site's footer form) the Origin check stands in for
+    # the CSRF token; answers go through ``origins.reply`` (page, 303 or JSON).
     state = _state()
-    if not csrf_valid():
-        return _page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
+    if origins.source() is not origins.Source.ALLOWED and not csrf_valid():
+        page = _page("subscribe.html", 400, email="", name="", error="csrf", reason=None)
+        return origins.reply(page, "csrf")
     if not state.limits.per_ip.hit(ip_key(_client_ip())):
-        return error_page(429)
-    if request.form.get(HONEYPOT_FIELD, "").strip():
+        return origins.reply(error_page(429), "rate_limited")
+    fields = origins.posted_fields()
+    if fields.get(HONEYPOT_FIELD, "").strip():
         # A bot filled the invisible field: look successful, do nothing.
         log.info("honeypot filled from %s", _client_ip())
-        return _page("check_inbox.html")
-    raw_email = request.form.get("email", "")[:512]
-    raw_name = request.form.get("name", "")[:512]
+        return origins.reply(_page("check_inbox.html"), "check_inbox")
+    raw_email = fields.get("email", "")[:512]
+    raw_name = fields.get("name", "")[:512]
     try:
         email = addr_spec(subs.normalise_email(raw_email))
     except subs.InvalidEmail:
-        return _page(
+        reason = reader_reason(raw_email)
+        page = _page(
             "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
-            reason=reader_reason(raw_email),
+            reason=reason,
         )  # fmt: skip
+        return origins.reply(page, "email", reason)
     except ValueError:  # valid, but unsafe in a header (an encoded word, ...)
-        return _page(
+        page = _page(
             "subscribe.html", 400, email=raw_email, name=raw_name, error="email",
             reason="This address cannot be used.",
         )  # fmt: skip
+        return origins.reply(page, "email", "This address cannot be used.")
     if not state.limits.per_address.hit(address_key(email)):
-        return error_page(429)
+        return origins.reply(error_page(429), "rate_limited")
     name = subs.form_name(raw_name)
     with state.write() as session:
         subscriber, needs_confirmation = subs.signup_request(session, email, name)
         mail = _confirmation_for(subscriber, already=not needs_confirmation)
-        if not subs.may_mail(subscriber):  # a complainer: built the same way, never sent
+        if not subs.may_mail(subscriber):  # complained or bounced: built the same, never sent
             mail = dataclasses.replace(mail, silent=True)
     # Queued the same way for every address: a confirmation, or "already subscribed".
     state.mailer.submit(mail)
-    return _page("check_inbox.html")
+    return origins.reply(_page("check_inbox.html"), "check_inbox")
 
 
 def _confirm_id(token: str) -> int | tuple[str, int]:
@@ -159,7 +171,7 @@ def confirm_page(token: str) -> tuple[str, int]:
             abort(404)
         if subscriber.status == SubscriberStatus.ACTIVE:
             return _page("confirmed.html")
-    guard.allow_script()
+    # One button, pressed by a person: a link scanner's browser opening it confirms nobody.
     return _page("confirm.html", token=token)
 
 
@@ -169,11 +181,18 @@ def confirm(token: str) -> tuple[str, int]:
     subscriber_id = _confirm_id(token)
     if not isinstance(subscriber_id, int):
         return subscriber_id
-    with _state().write() as session:
+    state = _state()
+    with state.write() as session:
+        before = session.scalar(select(Subscriber.status).where(Subscriber.id == subscriber_id))
         subscriber = subs.confirm(session, subscriber_id, _client_ip())
         if subscriber is None:
             abort(404)
         confirmed = subscriber.status == SubscriberStatus.ACTIVE
+        welcome = None
+        if confirmed and before != SubscriberStatus.ACTIVE:  # this click did it: welcome once
+            welcome = welcome_for(session, subscriber, before == SubscriberStatus.UNSUBSCRIBED)
+    if welcome is not None:
+        state.mailer.submit(welcome)
     if confirmed:
         return _page("confirmed.html")
     # A link from before the person unsubscribed: it no longer applies.

@@ -103,6 +103,7 @@ def test_send_on_a_full_disk_is_one_line_and_announces_nothing(
         ("send", "--story", "1", "--yes"),
     ],
 )
+@pytest.mark.sqlite_only  # a read-only SQLite file
 def test_every_command_on_a_read_only_database_is_one_line(
     env: dict[str, str], tmp_path: Path, args: tuple[str, ...]
 ) -> None:

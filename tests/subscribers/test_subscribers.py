@@ -292,7 +292,7 @@ def test_person_who_left_can_come_back_through_a_fresh_request_and_confirm(ctx: 
     assert row.consent_at == T0 + timedelta(days=2)
 
 
-def test_bounced_address_comes_back_only_through_confirm(ctx: Context) -> None:
+def test_bounced_address_never_comes_back_through_the_form(ctx: Context) -> None:
     with ctx.db.write() as session:
         sid = subs.add_subscriber(session, "bb@example.com", confirmed=True).id
         bounced = subs.mark_bounced(session, sid)
@@ -301,9 +301,9 @@ def test_bounced_address_comes_back_only_through_confirm(ctx: Context) -> None:
         subs.mark_bounced(session, sid)
         assert subs.confirm(session, sid, "192.0.2.1") is not None
         assert _status(session, sid) is SubscriberStatus.BOUNCED
-        assert subs.request_subscription(session, "bb@example.com") is not None
+        assert subs.request_subscription(session, "bb@example.com") is None  # nothing to send
         subs.confirm(session, sid, "192.0.2.1")
-        assert _status(session, sid) is SubscriberStatus.ACTIVE
+        assert _status(session, sid) is SubscriberStatus.BOUNCED
     assert _get(ctx, sid).bounce_count == 2
 
 

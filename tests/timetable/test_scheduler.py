@@ -42,6 +42,7 @@ from newsletter.timetable.triggers import (
     is_repeated_wall_time,
     most_recent_fire,
 )
+from newsletter.timetable.weekly import WEEKLY_JOB
 
 NEW_YORK = "America/New_York"
 LONDON = "Europe/London"
@@ -195,7 +196,7 @@ def test_job_defaults_and_ids(ctx: Context, make_settings: Callable[..., Setting
         jobs = {job.id: job for job in scheduler.get_jobs()}
     finally:
         scheduler.shutdown(wait=False)
-    assert set(jobs) == {DIGEST_JOB, FEEDS_JOB, UPKEEP_JOB}
+    assert set(jobs) == {DIGEST_JOB, FEEDS_JOB, UPKEEP_JOB, WEEKLY_JOB}
     for job in jobs.values():
         # job_defaults really applied (top-level kwargs would be silently ignored)
         assert (job.misfire_grace_time, job.coalesce, job.max_instances) == (1234, True, 1)
@@ -207,7 +208,7 @@ def test_job_defaults_and_ids(ctx: Context, make_settings: Callable[..., Setting
 
 def test_no_feed_job_without_feeds(ctx: Context) -> None:
     ids = {job.id for job in build_scheduler(ctx, blocking=False).get_jobs()}
-    assert ids == {DIGEST_JOB, UPKEEP_JOB}
+    assert ids == {DIGEST_JOB, UPKEEP_JOB, WEEKLY_JOB}
 
 
 def test_replace_existing_keeps_one_job_per_id(ctx: Context) -> None:
@@ -285,7 +286,8 @@ def test_schedule_list_prints_local_times(cli_env: dict[str, str], monkeypatch: 
     assert lines[1].startswith("feeds   at start-up, then at the interval")
     assert "poll 1 feed every 15 min" in lines[1]
     assert lines[2].startswith("upkeep  at start-up")
-    assert lines[3] == "timetable: not running (the lease is free)"
+    assert lines[3].startswith("weekly  next 2026-03-08 08:00:00 EDT (Sun)")
+    assert lines[4] == "timetable: not running (the lease is free)"
 
 
 @pytest.mark.parametrize(

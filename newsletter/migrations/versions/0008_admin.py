@@ -1,7 +1,7 @@
 """admin: editors, login events, the editor's story order
 
 Revision ID: 0008_admin
-Revises: 0006_security
+Revises: 0007_readers
 Create Date: 2026-12-01 09:20:00
 """
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ import newsletter.models
 
 
 revision: str = '0008_admin'
-down_revision: str | None = '0006_security'
+down_revision: str | None = '0007_readers'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
