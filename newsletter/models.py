@@ -162,6 +162,10 @@ class Story(Base):
     # Where an undated story sorts: just after the dated stories of its import, so an
     # undated item never counts as the newest (None: published_at, else created_at).
     sort_at: Mapped[datetime | None]
+    # The editor's order for the next digest (admin): the pinned story leads, then
+    # stories with a position in that order, then the rest newest first.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    position: Mapped[int | None] = mapped_column(Integer)
 
     @validates(
         "guid", "title", "url", "summary", "image_url", "image_alt", "author", "source", "section"
@@ -381,3 +385,35 @@ class AppState(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class User(Base):
+    """An editor who may log in to the admin app (``newsletter users add``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+
+class LoginEvent(Base):
+    """Every admin login attempt and logout: the audit log, and the throttle's memory.
+
+    Kept in the database (not in process memory) so that the per-account and per-IP
+    limits hold across processes and restarts.
+    """
+
+    __tablename__ = "login_events"
+    __table_args__ = (
+        Index("ix_login_events_account_at", "account", "at"),
+        Index("ix_login_events_ip_at", "ip", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(String(320))
+    ip: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | failed | throttled | logout
+    at: Mapped[datetime] = mapped_column(default=utcnow)

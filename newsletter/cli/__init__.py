@@ -79,6 +79,7 @@ def _register() -> None:
         stories,
         subscribers,
         timetable,
+        users,
         worker,
     )
 
@@ -94,6 +95,7 @@ def _register() -> None:
         dkim,
         bounces,
         embed,
+        users,
     ):
         for command in module.COMMANDS:
             main.add_command(command)

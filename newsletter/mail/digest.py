@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..context import Context
-from ..models import Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
+from ..models import AppState, Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
 from ..stories import list_stories
 from .headers import header_safe
 from .render import render_issue
@@ -53,8 +53,42 @@ def local_today(settings: Settings, now: datetime | None = None) -> date:
 
 
 def select_stories(session: Session, settings: Settings) -> list[Story]:
-    """Featured, never in a non-cancelled digest, newest first, at most max_stories."""
-    return list_stories(session, featured=True, unsent=True, limit=settings.max_stories)
+    """Featured, never in a non-cancelled digest, at most max_stories, in the editor's
+    order: the pinned lead, then the positions set in the admin, then newest first."""
+    return list_stories(
+        session, featured=True, unsent=True, limit=settings.max_stories, editor_order=True
+    )
+
+
+NOTE_KEY = "next_digest_note"  # app_state row: the note an editor wrote in the admin
+
+
+def stored_note(session: Session) -> str:
+    """The editor's note saved for the next digest (admin), or ""."""
+    row = session.get(AppState, NOTE_KEY)
+    return row.value if row is not None else ""
+
+
+def store_note(session: Session, note: str) -> None:
+    """Save (or with "" remove) the note the next digest carries, whoever builds it."""
+    row = session.get(AppState, NOTE_KEY)
+    if not note:
+        if row is not None:
+            session.delete(row)
+    elif row is None:
+        session.add(AppState(key=NOTE_KEY, value=note))
+    else:
+        row.value = note
+    session.flush()
+
+
+def take_stored_note(session: Session) -> str:
+    """The saved note, removed: it belongs to the one digest being built (a rolled-back
+    draft puts it back)."""
+    note = stored_note(session)
+    if note:
+        store_note(session, "")
+    return note
 
 
 def digest_for(session: Session, day: date) -> Issue | None:
@@ -117,7 +151,7 @@ def build_issue(
             return None
         kind, digest_date = IssueKind.DIGEST, day
         if note is None:
-            note = settings.digest_note
+            note = take_stored_note(session) or settings.digest_note
     else:
         stories = _manual_stories(session, story_ids)
         kind, digest_date = IssueKind.MANUAL, None

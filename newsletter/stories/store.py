@@ -15,9 +15,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import ColumnElement, exists, func, or_, select
+from sqlalchemy import ColumnElement, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..db import Database
@@ -126,24 +127,49 @@ def unsent_clause() -> ColumnElement[bool]:
     )
 
 
+def newest_first_terms() -> list[Any]:
+    """ORDER BY terms of "newest first" (undated stories after their import's dated ones)."""
+    return [
+        func.coalesce(Story.published_at, Story.sort_at, Story.created_at).desc(),
+        Story.published_at.is_(None),
+        Story.id.desc(),
+    ]
+
+
+def editor_order_terms() -> list[Any]:
+    """ORDER BY terms of the next digest: pinned, positioned (ascending), then newest."""
+    return [
+        Story.pinned.desc(),
+        case((Story.position.is_(None), 1), else_=0),
+        Story.position,
+        *newest_first_terms(),
+    ]
+
+
 def list_stories(
-    session: Session, featured: bool | None = None, unsent: bool = False, limit: int | None = None
+    session: Session,
+    featured: bool | None = None,
+    unsent: bool = False,
+    limit: int | None = None,
+    *,
+    editor_order: bool = False,
 ) -> list[Story]:
     """Newest first: by publication time; an undated story by its import's place.
 
     An undated story sorts just after the dated stories it was imported with
     (``sort_at``), so it never counts as the newest; without one, by import time.
+    ``editor_order``: the next digest's order instead (pinned lead, then the
+    editor's positions, then as above; see :mod:`.order`).
     """
     query = select(Story)
     if featured is not None:
         query = query.where(Story.featured.is_(featured))
     if unsent:
         query = query.where(unsent_clause())
-    query = query.order_by(
-        func.coalesce(Story.published_at, Story.sort_at, Story.created_at).desc(),
-        Story.published_at.is_(None),
-        Story.id.desc(),
-    )
+    if editor_order:
+        query = query.order_by(*editor_order_terms())
+    else:
+        query = query.order_by(*newest_first_terms())
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))

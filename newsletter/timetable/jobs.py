@@ -81,8 +81,29 @@ def poll_bounces(ctx: Context) -> BouncesRun:
     mailbox = ctx.settings.bounce_mailbox
     if not mailbox:
         return BouncesRun()
-    summary = scan(ctx, [mailbox])
+    try:
+        summary = scan(ctx, [mailbox])
+    except Exception as exc:  # recorded for the admin dashboard, then logged by the job
+        remember_mailbox_error(ctx, f"{exc} (at {utcnow():%Y-%m-%d %H:%M} UTC)")
+        raise
+    remember_mailbox_error(ctx, None)
     return BouncesRun(summary.messages, summary.by_type)
+
+
+MAILBOX_ERROR_KEY = "bounce_mailbox_error"  # app_state: why the last poll failed, if it did
+
+
+def remember_mailbox_error(ctx: Context, error: str | None) -> None:
+    """Keep (or clear) why the bounce mailbox could not be read: the admin warns about it."""
+    with ctx.db.write() as session:
+        row = session.get(AppState, MAILBOX_ERROR_KEY)
+        if error is None:
+            if row is not None:
+                session.delete(row)
+        elif row is None:
+            session.add(AppState(key=MAILBOX_ERROR_KEY, value=error[:2000]))
+        else:
+            row.value = error[:2000]
 
 
 # --- feeds ---------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from sqlalchemy.orm import Session
 
 from ..context import Context
 from . import guard, origins, preferences, public, webhooks
+from .admin.base import shutdown_sends
+from .admin.views import admin_blueprint
 from .confirmations import ConfirmationMailer
 from .guard import Limits
 from .public import HONEYPOT_FIELD
@@ -107,6 +109,7 @@ def create_app(ctx: Context | None = None) -> Flask:
     app.register_blueprint(public.blueprint)
     app.register_blueprint(preferences.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(admin_blueprint())
     return app
 
 
@@ -178,6 +181,7 @@ def serve(
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        shutdown_sends(app)
         web_state(app).mailer.close()
 
 

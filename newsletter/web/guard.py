@@ -297,7 +297,10 @@ def archive_page() -> None:
 
 def _security_headers(response: Response) -> Response:
     headers = response.headers
-    if g.get("archive_page"):
+    override = g.get("csp")  # a blueprint's own policy (the admin pages, framed previews)
+    if override:
+        csp = override
+    elif g.get("archive_page"):
         # The frozen email is inline-styled (premailer) and shows remote story images.
         csp = (
             "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
@@ -312,7 +315,7 @@ def _security_headers(response: Response) -> Response:
         )
     headers["Content-Security-Policy"] = csp
     headers["X-Content-Type-Options"] = "nosniff"
-    headers["X-Frame-Options"] = "DENY"
+    headers["X-Frame-Options"] = g.get("frame_options", "DENY")
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     if g.get("token_page"):
         headers["Referrer-Policy"] = "no-referrer"
