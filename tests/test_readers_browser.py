@@ -9,7 +9,6 @@ snippet ``newsletter embed`` printed.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -53,12 +52,21 @@ def site(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _row(tmp_path: Path, email: str) -> tuple[str, str]:
-    with sqlite3.connect(tmp_path / "served.db") as conn:
-        row = conn.execute(
-            "SELECT status, frequency FROM subscribers WHERE email = ?", (email,)
-        ).fetchone()
+    """The served process's own database (SQLite file or PostgreSQL): status, frequency."""
+    import sqlalchemy
+    from _databases import folder_database_url
+
+    engine = sqlalchemy.create_engine(folder_database_url(tmp_path, "served.db"))
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sqlalchemy.text("SELECT status, frequency FROM subscribers WHERE email = :e"),
+                {"e": email},
+            ).first()
+    finally:
+        engine.dispose()
     assert row is not None, f"no subscriber {email}"
-    return row[0], row[1]
+    return str(row[0]), str(row[1])
 
 
 def _mails_to(smtp: SMTPServer, email: str) -> list:  # type: ignore[type-arg]
