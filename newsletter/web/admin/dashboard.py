@@ -52,7 +52,9 @@ def dashboard() -> tuple[str, int]:
         series = reader_series(session)
         waiting = featured_waiting(session)
         issues = issue_rows(session, limit=8)
-    chart = Markup(readers_chart(series.days, series.active, series.signups))  # noqa: S704 - built from numbers and escaped dates
+    # Bandit B704: the SVG is drawn by readers_chart from numbers and escaped dates only.
+    svg = readers_chart(series.days, series.active, series.signups)
+    chart = Markup(svg)  # noqa: S704  # nosec B704
     return page(
         "dashboard.html",
         readers=readers,
