@@ -14,8 +14,9 @@ and libraries it really runs.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .. import lazy_surface
 
 if TYPE_CHECKING:
     from . import ledger as ledger
@@ -67,11 +68,4 @@ _SURFACE = {
 __all__ = sorted(_SURFACE)
 
 
-def __getattr__(name: str) -> Any:
-    module = _SURFACE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    loaded = import_module(f"{__name__}.{module}")
-    value = loaded if module == name else getattr(loaded, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_surface(__name__, _SURFACE, globals())
