@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -202,8 +201,7 @@ def test_editor_journey_in_chromium(
     page.goto(base + "/admin/issues")
     assert "/admin/login" in page.url
     assert not errors, errors
-    with sqlite3.connect(tmp_path / "served.db") as conn:
-        outcomes = [r[0] for r in conn.execute("SELECT outcome FROM login_events ORDER BY id")]
+    outcomes = [r[0] for r in _query(tmp_path, "SELECT outcome FROM login_events ORDER BY id")]
     assert outcomes == ["ok", "logout"]
 
 
@@ -233,15 +231,33 @@ def axe_script() -> Path:
     return script
 
 
-def _admin_pages(db: Path, ids: dict[str, int]) -> list[str]:
+def _query(tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Rows from the served process's own database (SQLite file or PostgreSQL)."""
+    import sqlalchemy
+    from _databases import folder_database_url
+
+    engine = sqlalchemy.create_engine(folder_database_url(tmp_path, "served.db"))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sqlalchemy.text(sql))]
+    finally:
+        engine.dispose()
+
+
+def _admin_pages(tmp_path: Path, ids: dict[str, int]) -> list[str]:
     """Every admin GET page (from the app's url_map), with real ids filled in."""
+    from _databases import folder_database_url
+
     from newsletter.config import load_settings
     from newsletter.context import Context
     from newsletter.web.app import create_app, web_state
 
     ctx = Context.open(
         load_settings(
-            {"NEWSLETTER_DATABASE_URL": f"sqlite:///{db}", "NEWSLETTER_SECRET_KEY": "x" * 20},
+            {
+                "NEWSLETTER_DATABASE_URL": folder_database_url(tmp_path, "served.db"),
+                "NEWSLETTER_SECRET_KEY": "x" * 20,
+            },
             dotenv_path=None,
         )
     )
@@ -273,13 +289,12 @@ def test_axe_finds_no_wcag_a_or_aa_violation_on_any_admin_page(
     _cli(env, tmp_path, "send", "--yes")
     _cli(env, tmp_path, "stories", "add", "--title", "Tomorrow's lead", "--url",
          "https://news.example.com/t", "--feature")  # fmt: skip
-    with sqlite3.connect(tmp_path / "served.db") as conn:
-        ids = {
-            "issue_id": conn.execute("SELECT max(id) FROM issues").fetchone()[0],
-            "reader_id": conn.execute("SELECT min(id) FROM subscribers").fetchone()[0],
-            "story_id": conn.execute("SELECT min(id) FROM stories").fetchone()[0],
-        }
-    pages = _admin_pages(tmp_path / "served.db", ids)
+    ids = {
+        "issue_id": int(_query(tmp_path, "SELECT max(id) FROM issues")[0][0]),
+        "reader_id": int(_query(tmp_path, "SELECT min(id) FROM subscribers")[0][0]),
+        "story_id": int(_query(tmp_path, "SELECT min(id) FROM stories")[0][0]),
+    }
+    pages = _admin_pages(tmp_path, ids)
     assert len(pages) >= 12, pages
     context = browser.new_context(bypass_csp=True)  # axe is injected as an inline script
     page = context.new_page()
