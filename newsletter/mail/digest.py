@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -24,7 +25,7 @@ from ..context import Context
 from ..models import AppState, Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
 from ..stories import list_stories
 from .headers import header_safe
-from .render import render_issue
+from .render import Rendered, render_issue
 from .variants import record_variants
 
 
@@ -112,6 +113,31 @@ def _manual_stories(session: Session, story_ids: Sequence[int]) -> list[Story]:
     return [found[i] for i in ids]
 
 
+def frozen_issue(
+    kind: IssueKind,
+    rendered: Rendered,
+    stories: Sequence[Story],
+    subject: str | None = None,
+    **guard: Any,
+) -> Issue:
+    """An unsaved issue holding the rendered bytes and its stories in order.
+
+    ``guard`` is the column that keeps one edition per period (``digest_date`` for
+    a daily, ``edition_week`` for a weekly); the caller adds and flushes it.
+    """
+    issue = Issue(
+        kind=kind,
+        subject=subject or rendered.subject,
+        status=IssueStatus.SENDING,
+        html=rendered.html,
+        text=rendered.text,
+        preheader=rendered.preheader,
+        **guard,
+    )
+    issue.stories = [IssueStory(story=story, position=i) for i, story in enumerate(stories)]
+    return issue
+
+
 def build_issue(
     session: Session,
     ctx: Context,
@@ -157,16 +183,7 @@ def build_issue(
         kind, digest_date = IssueKind.MANUAL, None
 
     rendered = render_issue(ctx, stories, day, note)
-    issue = Issue(
-        kind=kind,
-        subject=subject or rendered.subject,
-        status=IssueStatus.SENDING,
-        html=rendered.html,
-        text=rendered.text,
-        preheader=rendered.preheader,
-        digest_date=digest_date,
-    )
-    issue.stories = [IssueStory(story=story, position=i) for i, story in enumerate(stories)]
+    issue = frozen_issue(kind, rendered, stories, subject, digest_date=digest_date)
     if not record:
         return issue
     try:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from ..config import Settings
 from ..context import Context
 from ..models import Issue, IssueKind, IssueStatus, IssueStory, Story, utcnow
-from .digest import local_today
+from .digest import frozen_issue, local_today
 from .render import Rendered, long_date, render_issue, short_date
 from .variants import record_variants
 
@@ -119,16 +119,7 @@ def build_weekly(
     if not stories:
         return None
     rendered = _render(ctx, stories, day)
-    issue = Issue(
-        kind=IssueKind.WEEKLY,
-        subject=rendered.subject,
-        status=IssueStatus.SENDING,
-        html=rendered.html,
-        text=rendered.text,
-        preheader=rendered.preheader,
-        edition_week=week,
-    )
-    issue.stories = [IssueStory(story=story, position=i) for i, story in enumerate(stories)]
+    issue = frozen_issue(IssueKind.WEEKLY, rendered, stories, edition_week=week)
     if not record:
         return issue
     try:
