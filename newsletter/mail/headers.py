@@ -117,7 +117,7 @@ def unstructured(name: str, value: str) -> str:
     value = clean_header_text(value)
     tokens: list[str] = []
     run: list[str] = []
-    for word in value.split(" "):
+    for word in value.split():
         if _plain_ascii(word) and len(word) <= MAX_WORD:
             if run:
                 tokens += encoded_words(" ".join(run))

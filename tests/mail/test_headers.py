@@ -294,3 +294,37 @@ def test_list_id_falls_back_to_the_local_part_then_to_newsletter() -> None:
 
 def test_list_id_domain_is_the_ascii_form() -> None:
     assert list_id("Post", "news@bücher.example") == "Post <post.xn--bcher-kva.example>"
+
+
+# --------------------------------------------------------------------------- more edges
+
+
+def test_unstructured_encodes_each_run_between_plain_words() -> None:
+    value = unstructured("Subject", "ä b ö c ü")
+    assert value == f"Subject: {word('ä')} b {word('ö')} c {word('ü')}\r\n"
+
+
+def test_unstructured_keeps_plain_words_before_a_trailing_run() -> None:
+    assert unstructured("Subject", "Hello Café") == f"Subject: Hello {word('Café')}\r\n"
+
+
+def test_an_empty_unstructured_value_is_an_empty_header() -> None:
+    assert unstructured("Subject", "") == "Subject:\r\n"
+    assert unstructured("Subject", " \r\n ") == "Subject:\r\n"
+
+
+def test_a_word_breaks_after_the_last_space_that_fits() -> None:
+    assert encoded_words("ab cd ef", max_bytes=7) == [word("ab cd "), word("ef")]
+
+
+def test_addr_spec_splits_an_idn_address_at_the_last_at_sign() -> None:
+    with pytest.raises(ValueError) as caught:
+        addr_spec("a@b@bücher.example")
+    assert (
+        str(caught.value) == "address 'a@b@xn--bcher-kva.example' cannot be used in a mail header"
+    )
+
+
+def test_list_id_trims_hyphens_before_it_cuts_at_60() -> None:
+    value = list_id("!" + "a" * 65, "news@x.example")
+    assert value.endswith(f" <{'a' * 60}.x.example>")
