@@ -65,7 +65,11 @@ def is_quota_refusal(response: str) -> bool:
     return _QUOTA.search(response) is not None
 
 
-def classify(code: int, response: str, stage: str = "data") -> Outcome:
+def classify(
+    code: int,
+    response: str,
+    stage: str = "data",  # pragma: no mutate (equivalent: any stage not named acts as "data")
+) -> Outcome:
     """Map an SMTP reply at ``stage`` (session/mail/rcpt/data) to an :class:`Outcome`.
 
     The enhanced status code (RFC 3463) decides when present: 550 is used both for "no

@@ -674,6 +674,12 @@ def test_utf8_credentials_are_sent_by_hand(
             {},
             (Outcome.POLICY, None, "127.0.0.1: SMTP AUTH extension not supported by server."),
         ),
+        (
+            "u:p%C3%A4ss@",
+            (),
+            {},
+            (Outcome.POLICY, None, "127.0.0.1: non-ASCII credentials need AUTH PLAIN or LOGIN"),
+        ),
     ],
 )
 def test_failed_authentication_is_the_relays_fault(
