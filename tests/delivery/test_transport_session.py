@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,6 +62,7 @@ class Scripted:
         for verb, reply in replies.items():
             self.replies[verb] = [reply] if isinstance(reply, str) else list(reply)
         self.sessions: list[list[str]] = []
+        self.hooks: dict[str, Callable[[], None]] = {}  # run before answering that verb
         self._threads: list[threading.Thread] = []
         self._accept = threading.Thread(target=self._serve, daemon=True)
         self._accept.start()
@@ -117,7 +119,10 @@ class Scripted:
                         data += chunk
                     lines.append(data.decode("utf-8", "replace"))
                     lines.append(".")
+                    verb = "."
                     reply = self._reply(".")
+                if verb in self.hooks:
+                    self.hooks[verb]()
                 if reply == HANGUP:
                     return
                 if reply != SILENT:
@@ -748,6 +753,32 @@ def test_an_unreachable_relay_is_its_fault(fast: Settings) -> None:
         relay_fault=True,
     )
     pool.close()
+
+
+def test_the_client_waits_long_for_the_end_of_data_and_briefly_for_quit(
+    scripted: Callable[..., Scripted], make_settings: Callable[..., Settings]
+) -> None:
+    server = scripted()
+    conn = SMTPConnection(SMTPTarget.parse(server.url()), make_settings())  # 30 s by default
+    sock = conn.smtp.sock
+    assert sock is not None
+    seen: list[tuple[str, float | None]] = []
+
+    def at_end_of_data() -> None:
+        deadline = time.monotonic() + 5  # the client sets it just after sending the "."
+        while sock.gettimeout() == 30.0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen.append((".", sock.gettimeout()))
+
+    server.hooks["."] = at_end_of_data
+    server.hooks["QUIT"] = lambda: seen.append(("QUIT", sock.gettimeout()))
+    assert conn.send(FROM, "a@example.org", MESSAGE) == SendOutcome(
+        Outcome.SENT, 250, "2.0.0 Ok: queued as 4F2B"
+    )
+    assert sock.gettimeout() == 30.0
+    conn.close()
+    assert seen == [(".", 600.0), ("QUIT", 5.0)]
+    assert server.sessions == [[EHLO, *_transaction(), QUIT]]
 
 
 def test_closing_a_pool_says_quit_even_to_a_server_that_never_answers(
