@@ -87,6 +87,7 @@ class Scripted:
             thread.start()
 
     def _session(self, conn: socket.socket, lines: list[str]) -> None:
+        conn.settimeout(3.0)  # a client stuck waiting (a broken mutant) gets EOF, not a hang
         try:
             self._converse(conn, lines)
         except OSError:
@@ -96,6 +97,9 @@ class Scripted:
 
     def _converse(self, conn: socket.socket, lines: list[str]) -> None:
         with conn.makefile("rb") as reader:
+            if self.greeting == SILENT:
+                reader.readline()  # never says hello; hangs up after the 3 s above
+                return
             conn.sendall(f"{self.greeting}\r\n".encode())
             if not self.greeting.startswith("220"):
                 return
@@ -140,7 +144,9 @@ class Scripted:
         )
 
     def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
         self.sock.close()
+        self._accept.join(5)
         for thread in self._threads:
             thread.join(5)
 
@@ -740,6 +746,21 @@ def test_no_password_in_clear_text_to_a_host_that_is_not_this_one(
     anonymous.close()
 
 
+def test_a_server_that_never_says_hello_times_out(
+    scripted: Callable[..., Scripted], make_settings: Callable[..., Settings]
+) -> None:
+    server = scripted(greeting=SILENT)
+    pool = SMTPPool(make_settings(NEWSLETTER_SMTP_TIMEOUT="0.3"), server.url())
+    assert pool.send(FROM, "a@example.org", MESSAGE) == SendOutcome(
+        Outcome.RETRY,
+        None,
+        "SMTPServerDisconnected: Connection unexpectedly closed: timed out",  # smtplib's words
+        relay=server.url(),
+        relay_fault=True,
+    )
+    pool.close()
+
+
 def test_an_unreachable_relay_is_its_fault(fast: Settings) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -765,7 +786,7 @@ def test_the_client_waits_long_for_the_end_of_data_and_briefly_for_quit(
     seen: list[tuple[str, float | None]] = []
 
     def at_end_of_data() -> None:
-        deadline = time.monotonic() + 5  # the client sets it just after sending the "."
+        deadline = time.monotonic() + 2  # the client sets it just after sending the "."
         while sock.gettimeout() == 30.0 and time.monotonic() < deadline:
             time.sleep(0.001)
         seen.append((".", sock.gettimeout()))

@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,13 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from conftest import RecordingHandler, free_port
 
 from newsletter.config import Settings
-from newsletter.delivery.transport import Outcome, SendOutcome, SMTPPool
+from newsletter.delivery.transport import (
+    Outcome,
+    SendOutcome,
+    SMTPConnection,
+    SMTPPool,
+    SMTPTarget,
+)
 
 FROM = "news@example.com"
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
@@ -127,9 +134,13 @@ def test_smtps_checks_the_certificate(
     assert out.response.startswith(
         "TLS certificate of 127.0.0.1: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
     )
-    trusted = SMTPPool(make_settings(NEWSLETTER_SMTP_CA_FILE=str(certificate[0])), url)
-    assert trusted.send(FROM, "a@example.org", MESSAGE).outcome is Outcome.SENT
-    trusted.close()
+    settings = make_settings(NEWSLETTER_SMTP_CA_FILE=str(certificate[0]))
+    conn = SMTPConnection(SMTPTarget.parse(url), settings)
+    try:
+        assert conn.smtp.sock is not None and conn.smtp.sock.gettimeout() == 30.0
+        assert conn.send(FROM, "a@example.org", MESSAGE).outcome is Outcome.SENT
+    finally:
+        conn.close()
     assert handler.ehlos == [(socket.gethostname(), True)]
     assert [m.rcpt_tos for m in handler.messages] == [["a@example.org"]]
 
@@ -194,11 +205,25 @@ def test_a_tls_handshake_that_never_comes_times_out(
 ) -> None:
     listener = socket.create_server(("127.0.0.1", 0))  # accepts TCP, never speaks TLS
     port = listener.getsockname()[1]
+
+    def mute() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(3.0)  # a client without a timeout gets EOF here, not a hang
+        try:
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+        conn.close()
+
+    thread = threading.Thread(target=mute, daemon=True)
+    thread.start()
     try:
         pool = SMTPPool(make_settings(NEWSLETTER_SMTP_TIMEOUT="0.3"), f"smtps://127.0.0.1:{port}")
         out = pool.send(FROM, "a@example.org", MESSAGE)
         pool.close()
     finally:
+        thread.join(5)
         listener.close()
     assert out == SendOutcome(
         Outcome.RETRY,
