@@ -45,6 +45,7 @@ _AUTH_CODES = frozenset({530, 534, 535, 538})  # RFC 4954: authentication requir
 _MAILBOX_CODES = frozenset({550, 551, 553})  # RFC 5321 mailbox replies, when no 5.x.y is given
 DATA_DONE_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: the reply to the end of DATA may be slow
 _EXPECTED = {"mail": (250,), "rcpt": (250, 251), "data": (354,)}  # anything else ends the try
+_STAGES = tuple(_EXPECTED)
 
 
 # A relay's own daily quota, in the words relays use: Gmail "4.7.0 ... Daily sending quota
@@ -240,13 +241,14 @@ class SMTPConnection:
             replies = [smtp.getreply(), smtp.getreply(), smtp.getreply()]
         else:
             replies = []
-            for stage, command in zip(_EXPECTED, (mail, rcpt, b"DATA\r\n"), strict=True):
+            for stage, command in (("mail", mail), ("rcpt", rcpt), ("data", b"DATA\r\n")):
                 smtp.sock.sendall(command)
                 replies.append(smtp.getreply())
                 if replies[-1][0] not in _EXPECTED[stage]:
                     break
         refusal: SendOutcome | None = None
-        for stage, (code, msg) in zip(_EXPECTED, replies, strict=False):
+        for i, (code, msg) in enumerate(replies):  # fewer than three if one ended the try
+            stage = _STAGES[i]
             if code == 421:
                 raise _Refused(_closing(_decode(msg)))
             if refusal is None and code not in _EXPECTED[stage]:
@@ -269,7 +271,7 @@ class SMTPConnection:
         text = _decode(msg)
         if code == 421:
             raise _Refused(_closing(text))
-        self.dirty = False
+        self.dirty = False  # pragma: no mutate (equivalent: None is as false)
         return SendOutcome(classify(code, text), code, text)
 
     def _reply_ok(self, command: bytes, what: str) -> None:
