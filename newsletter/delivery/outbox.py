@@ -27,7 +27,7 @@ class MaildirOutbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"Maildir {path}"
-        self._box = mailbox.Maildir(str(path), factory=None, create=True)
+        self._box = mailbox.Maildir(str(path))  # created when missing
         self._lock = threading.Lock()
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
