@@ -346,7 +346,7 @@ def test_record_writes_each_outcome_exactly(ctx: Context) -> None:
     assert (after[ids[5]]["response"], after[ids[5]]["code"]) == (None, None)
     assert [after[s]["claimed_by"] for s in ids] == [ME] * 6 + [None]  # the release frees it
     with ctx.db.read() as session:
-        states = dict(session.execute(select(Subscriber.id, Subscriber.status)).tuples().all())
+        states = {i: st for i, st in session.execute(select(Subscriber.id, Subscriber.status))}
     assert SubscriberStatus(states[ids[2]]) is SubscriberStatus.BOUNCED
     assert {SubscriberStatus(states[s]) for s in ids if s != ids[2]} == {SubscriberStatus.ACTIVE}
 
@@ -392,7 +392,9 @@ def test_a_row_deferred_give_up_after_times_fails(ctx: Context) -> None:
         claim(ctx, issue, 0, 3, Claimant(ME, utcnow() + timedelta(seconds=30)))
     later = utcnow() + timedelta(seconds=60)
     retry = SendOutcome(Outcome.RETRY, 451, "later")
-    write_results(ctx, a, [Result(ids[0], retry, None, later), Result(ids[1], retry, None, later)], 3)
+    write_results(
+        ctx, a, [Result(ids[0], retry, None, later), Result(ids[1], retry, None, later)], 3
+    )
     write_results(ctx, a, [Result(ids[2], SendOutcome(Outcome.POLICY, 554, "5.7.1"))], 1)
     write_results(ctx, b, [Result(ids[0], retry, None, later)])  # no limit given
     after = rows(ctx, a)
