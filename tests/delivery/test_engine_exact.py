@@ -709,3 +709,93 @@ def test_run_settings_are_taken_from_the_configuration(make_run: MakeRun) -> Non
     assert run.sender == f"{HOST}:{os.getpid()}:0123456789ab"
     assert run.recorder.sender == run.sender
     assert (run.failure_streak, run.consecutive_drops, run.throttles) == (0, 0, 0)
+
+
+# -- the claim cursor and the retry heap ------------------------------------------------
+
+
+def test_due_retries_beyond_the_daily_allowance_go_back_due_at_once(make_run: MakeRun) -> None:
+    run = make_run(5, NEWSLETTER_DAILY_LIMIT="2")
+    ids = sorted(delivery_rows(run.ctx, run.issue_id))
+    got = run.claims.claim(ids[:3])
+    assert isinstance(got, ledger.Claim)
+    assert [j.subscriber_id for j in got.jobs] == ids[:2]
+    assert run.claims.cursor == 0  # due retries do not move the keyset
+    assert [sid for _, sid in run.claims.retry_heap] == [ids[2]]
+    assert run.claims.retry_heap[0][0] <= time.monotonic()
+    assert run.claims.due_retries() == [ids[2]]
+    refused = run.claims.claim([ids[2], ids[3]])
+    assert not isinstance(refused, ledger.Claim)
+    assert (refused.count, refused.reason) == (
+        0,
+        "daily limit of 2 messages reached; the rest stay queued until tomorrow (00:00 UTC)",
+    )
+    assert sorted(sid for _, sid in run.claims.retry_heap) == [ids[2], ids[3]]
+    assert all(due <= time.monotonic() for due, _ in run.claims.retry_heap)
+    assert [delivery_rows(run.ctx, run.issue_id)[s][0] for s in ids] == [
+        "sending",
+        "sending",
+        "queued",
+        "queued",
+        "queued",
+    ]
+
+
+def test_due_retries_come_earliest_first_one_batch_at_a_time(make_run: MakeRun) -> None:
+    run = make_run(NEWSLETTER_BATCH_SIZE="2")
+    claims = run.claims
+    claims.defer(30, 0.0)
+    claims.defer(10, -2.0)
+    claims.defer(20, -1.0)
+    claims.defer(40, 3600.0)
+    assert claims.due_retries() == [10, 20]
+    assert claims.due_retries() == [30]
+    assert claims.due_retries() == []
+    assert [sid for _, sid in claims.retry_heap] == [40]
+
+
+def test_next_due_and_idle(make_run: MakeRun) -> None:
+    claims = make_run().claims
+    assert (claims.next_due(), claims.idle) == (0.0, False)  # the keyset is still open
+    claims.keyset_done = True
+    assert (claims.next_due(), claims.idle) == (0.0, True)
+    claims.defer(1, 60.0)
+    due = claims.retry_heap[0][0]
+    assert (claims.next_due(), claims.idle) == (due, False)
+    claims.pending.append(job(2))
+    assert (claims.next_due(), claims.idle) == (0.0, False)
+    claims.pending.clear()
+    claims.keyset_done = False
+    assert claims.next_due() == 0.0
+
+
+def test_the_keyset_ends_after_one_more_pass_from_the_start(make_run: MakeRun) -> None:
+    claims = make_run().claims
+    claims.cursor = 0
+    claims._end_of_keyset()  # it started at the beginning: nothing behind it
+    assert (claims.keyset_done, claims.swept, claims.cursor) == (True, False, 0)
+    claims.reopen()
+    assert (claims.keyset_done, claims.swept, claims.cursor) == (False, False, 0)
+    claims.cursor = 7
+    claims._end_of_keyset()
+    assert (claims.keyset_done, claims.swept, claims.cursor) == (False, True, 0)
+    claims.cursor = 9
+    claims._end_of_keyset()
+    assert (claims.keyset_done, claims.swept, claims.cursor) == (True, True, 9)
+
+
+def test_the_claimant_signs_with_the_sender_and_the_lease(make_run: MakeRun) -> None:
+    claims = make_run(NEWSLETTER_LEASE_SECONDS="45").claims
+    before = utcnow()
+    who = claims.claimant()
+    assert who.sender == claims.sender
+    assert before + timedelta(seconds=45) <= who.expires_at <= utcnow() + timedelta(seconds=45)
+
+
+def test_the_first_halt_wins(make_run: MakeRun) -> None:
+    run = make_run()
+    assert not run.halts.halted and not run.halts.cancel.is_set()
+    run.halts.halt("pause", "first")
+    run.halts.halt("error", "second")
+    assert (run.stats.halt, run.stats.reason, run.halts.halted) == ("pause", "first", True)
+    assert run.halts.cancel.is_set()
