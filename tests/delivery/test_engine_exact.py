@@ -105,13 +105,14 @@ def make_run(make_settings: Callable[..., Settings]) -> Iterator[MakeRun]:
         progress: Callable[[Progress], None] | None = None,
         pid: int | None = None,
         transport: Sink | None = None,
+        stop: threading.Event | None = None,
         **overrides: str,
     ) -> Run:
         ctx = Context.open(make_settings(**overrides))
         add_subscribers(ctx, readers)
         issue_id = make_issue(ctx)
         holder = Holder(token=TOKEN, host=HOST, pid=pid or os.getpid())
-        run = Run(ctx, issue_id, transport or Sink(concurrency), build, holder, progress, None)
+        run = Run(ctx, issue_id, transport or Sink(concurrency), build, holder, progress, stop)
         made.append((run, ctx))
         return run
 
@@ -799,3 +800,41 @@ def test_the_first_halt_wins(make_run: MakeRun) -> None:
     run.halts.halt("error", "second")
     assert (run.stats.halt, run.stats.reason, run.halts.halted) == ("pause", "first", True)
     assert run.halts.cancel.is_set()
+
+
+# -- stopping -----------------------------------------------------------------------
+
+
+class StoppingSink(Sink):
+    """Sets the run's stop event on the first message (Ctrl-C in the terminal)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__(1)
+        self.stop = stop
+
+    def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
+        self.stop.set()
+        return super().send(envelope_from, recipient, data)
+
+
+def test_a_stop_request_releases_every_claimed_row_not_sent(make_run: MakeRun) -> None:
+    stop = threading.Event()
+    sink = StoppingSink(stop)
+    run = make_run(40, transport=sink, stop=stop)
+    stats = run.run()
+    assert (stats.halt, stats.reason) == ("stop", "stopped on request")
+    rows = delivery_rows(run.ctx, run.issue_id)
+    sent = sorted(sid for sid, row in rows.items() if row[0] == "sent")
+    assert len(sent) == stats.sent == len(sink.calls) >= 1
+    assert {row for sid, row in rows.items() if sid not in sent} == {("queued", 0, None)}
+
+
+def test_a_run_stopped_before_it_starts_sends_nothing(make_run: MakeRun) -> None:
+    stop = threading.Event()
+    stop.set()
+    sink = Sink(1)
+    run = make_run(3, transport=sink, stop=stop)
+    stats = run.run()
+    assert (stats.halt, stats.reason, stats.sent) == ("stop", "stopped on request", 0)
+    assert sink.calls == []
+    assert set(delivery_rows(run.ctx, run.issue_id).values()) == {("queued", 0, None)}
