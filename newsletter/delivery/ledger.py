@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    Executable,
     Select,
     String,
     Table,
@@ -328,11 +329,6 @@ _PG_OUTCOMES = text(
 )
 
 
-# Only the batch statement's dialect: any other name sends PostgreSQL the portable
-# per-row UPDATE, which writes the same rows (slower), so a changed name is equivalent.
-_BATCHED_DIALECT = "postgresql"  # pragma: no mutate (equivalent: see the comment above)
-
-
 def _naive_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
 
@@ -344,10 +340,17 @@ def _write_outcomes(session: Session, issue_id: int, updates: list[dict[str, Any
     pipelined; one join against the batch is one.  SQLite runs the same prepared
     single-row UPDATE per outcome in-process, which is already cheap there.
     """
-    if session.get_bind().dialect.name != _BATCHED_DIALECT:
-        session.execute(_UPDATE, updates)
-        return
-    session.execute(_PG_OUTCOMES, _pg_outcome_arrays(issue_id, updates))
+    statement, params = _outcome_statement(session.get_bind().dialect.name, issue_id, updates)
+    session.execute(statement, params)
+
+
+def _outcome_statement(
+    dialect: str, issue_id: int, updates: list[dict[str, Any]]
+) -> tuple[Executable, Any]:
+    """The statement writing a batch of outcomes on ``dialect``, with its parameters."""
+    if dialect == "postgresql":
+        return _PG_OUTCOMES, _pg_outcome_arrays(issue_id, updates)
+    return _UPDATE, updates
 
 
 def _pg_outcome_arrays(issue_id: int, updates: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -772,7 +773,8 @@ def test_next_due_and_idle(make_run: MakeRun) -> None:
 
 def test_the_keyset_ends_after_one_more_pass_from_the_start(make_run: MakeRun) -> None:
     claims = make_run().claims
-    claims.cursor = 0
+    assert (claims.keyset_done, claims.swept, claims.cursor) == (False, False, 0)
+    assert (claims.pending, claims.retry_heap) == (deque(), [])
     claims._end_of_keyset()  # it started at the beginning: nothing behind it
     assert (claims.keyset_done, claims.swept, claims.cursor) == (True, False, 0)
     claims.reopen()

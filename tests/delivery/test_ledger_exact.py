@@ -498,3 +498,13 @@ def test_pg_outcome_arrays_one_array_per_field() -> None:
         "mids": ["<4@x>", None],
         "sents": [datetime(2026, 3, 1, 8, 30), None],
     }
+
+
+def test_outcomes_are_one_joined_statement_on_postgresql_only() -> None:
+    updates = [{"b_sid": 4, "b_me": ME, "b_status": "failed", "b_inc": 1, "b_next": None}]
+    updates[0] |= {"b_code": 554, "b_response": "no", "b_mid": None, "b_sent": None}
+    statement, params = ledger._outcome_statement("postgresql", 8, updates)
+    assert statement is ledger._PG_OUTCOMES
+    assert params == ledger._pg_outcome_arrays(8, updates)
+    assert (params["issue"], params["sids"], params["statuses"]) == (8, [4], ["failed"])
+    assert ledger._outcome_statement("sqlite", 8, updates) == (ledger._UPDATE, updates)
