@@ -382,29 +382,42 @@ def test_record_writes_only_this_senders_claims_except_a_delivery(ctx: Context) 
 
 
 def test_a_row_deferred_give_up_after_times_fails(ctx: Context) -> None:
-    ids = add_subscribers(ctx, 3)
+    ids = add_subscribers(ctx, 5)
     a = make_issue(ctx, "A")
     b = make_issue(ctx, "B")
     set_rows(ctx, a, ids, attempts=1)
     set_rows(ctx, a, [ids[1]], attempts=2)
+    set_rows(ctx, a, [ids[3], ids[4]], attempts=5)
     set_rows(ctx, b, ids, attempts=5)
-    for issue in (a, b):
-        claim(ctx, issue, 0, 3, Claimant(ME, utcnow() + timedelta(seconds=30)))
+    live = utcnow() + timedelta(seconds=30)
+    claim(ctx, a, 0, 3, Claimant(ME, live))  # ids 0-2; ids[3] stays queued, unclaimed
+    claim(ctx, a, ids[3], 1, Claimant(OTHER, live))  # ids[4]: another sender's now
+    claim(ctx, b, 0, 5, Claimant(ME, live))
     later = utcnow() + timedelta(seconds=60)
     retry = SendOutcome(Outcome.RETRY, 451, "later")
+    write_results(ctx, b, [Result(ids[0], retry, None, later)])  # no limit given
+    assert rows(ctx, b)[ids[0]]["status"] == "queued"
     write_results(
-        ctx, a, [Result(ids[0], retry, None, later), Result(ids[1], retry, None, later)], 3
+        ctx,
+        a,
+        [
+            Result(ids[0], retry, None, later),
+            Result(ids[1], retry, None, later),
+            Result(ids[4], retry, None, later),
+        ],
+        3,
     )
     write_results(ctx, a, [Result(ids[2], SendOutcome(Outcome.POLICY, 554, "5.7.1"))], 1)
-    write_results(ctx, b, [Result(ids[0], retry, None, later)])  # no limit given
     after = rows(ctx, a)
     assert [(after[s]["status"], after[s]["attempts"]) for s in ids] == [
         ("queued", 2),
         ("failed", 3),
         ("queued", 1),
+        ("queued", 5),
+        ("sending", 5),
     ]
     assert [after[s]["next"] for s in ids[:2]] == [later, None]
-    assert status_of(ctx, b)[ids[0]] == "queued"
+    assert (rows(ctx, b)[ids[0]]["status"], rows(ctx, b)[ids[0]]["attempts"]) == ("queued", 6)
 
 
 def test_requeue_failed_gives_this_issues_failed_rows_fresh_attempts(ctx: Context) -> None:
@@ -464,6 +477,7 @@ def test_pg_outcome_arrays_one_array_per_field() -> None:
     plus_one = timezone(timedelta(hours=1))
     updates = [
         {
+            "b_issue": 3,
             "b_sid": 4,
             "b_me": ME,
             "b_status": "sent",
@@ -475,6 +489,7 @@ def test_pg_outcome_arrays_one_array_per_field() -> None:
             "b_sent": at.astimezone(plus_one),
         },
         {
+            "b_issue": 3,
             "b_sid": 9,
             "b_me": ME,
             "b_status": "queued",
@@ -486,7 +501,7 @@ def test_pg_outcome_arrays_one_array_per_field() -> None:
             "b_sent": None,
         },
     ]
-    assert ledger._pg_outcome_arrays(3, updates) == {
+    assert ledger._pg_outcome_arrays(updates) == {
         "issue": 3,
         "sids": [4, 9],
         "mes": [ME, ME],
@@ -501,10 +516,12 @@ def test_pg_outcome_arrays_one_array_per_field() -> None:
 
 
 def test_outcomes_are_one_joined_statement_on_postgresql_only() -> None:
-    updates = [{"b_sid": 4, "b_me": ME, "b_status": "failed", "b_inc": 1, "b_next": None}]
+    updates = [
+        {"b_issue": 8, "b_sid": 4, "b_me": ME, "b_status": "failed", "b_inc": 1, "b_next": None}
+    ]
     updates[0] |= {"b_code": 554, "b_response": "no", "b_mid": None, "b_sent": None}
-    statement, params = ledger._outcome_statement("postgresql", 8, updates)
+    statement, params = ledger._outcome_statement("postgresql", updates)
     assert statement is ledger._PG_OUTCOMES
-    assert params == ledger._pg_outcome_arrays(8, updates)
+    assert params == ledger._pg_outcome_arrays(updates)
     assert (params["issue"], params["sids"], params["statuses"]) == (8, [4], ["failed"])
-    assert ledger._outcome_statement("sqlite", 8, updates) == (ledger._UPDATE, updates)
+    assert ledger._outcome_statement("sqlite", updates) == (ledger._UPDATE, updates)
