@@ -229,7 +229,9 @@ def test_progress_adds_this_run_to_what_the_ledger_already_had(make_run: MakeRun
                 .where(Delivery.issue_id == issue, Delivery.subscriber_id.in_(chosen))
                 .values(status=status)
             )
+    started = time.monotonic()
     stats = run.run()
+    assert 0 < stats.elapsed <= time.monotonic() - started
     assert (stats.sent, stats.failed, stats.bounced, stats.skipped, stats.halt) == (
         3,
         0,
@@ -654,11 +656,54 @@ def test_take_back_of_expired_claims_without_a_dead_sender(make_run: MakeRun) ->
     ids = sorted(delivery_rows(ctx, issue))
     with ctx.db.write() as session:
         ledger.claim_next(session, issue, 0, 1, Claimant("far:1:x", utcnow() - timedelta(1)))
-    assert not run.claims.others_working()
-    run.claims.cursor = ids[1]
+    run.claims.claim([])  # ids[1] is ours now; ids[0] is an expired claim of another
+    assert run.claims.cursor == ids[1]
+    assert not run.claims.others_working()  # our own claims do not count
     assert run.claims.take_back() == 1
     assert delivery_rows(ctx, issue)[ids[0]] == ("queued", 0, None)
+    assert delivery_rows(ctx, issue)[ids[1]] == ("sending", 0, run.sender)
     assert run.claims.cursor == 0
+
+
+def test_an_idle_sender_stays_while_others_hold_rows(make_run: MakeRun) -> None:
+    run = make_run(3)
+    ctx, issue = run.ctx, run.issue_id
+    ids = sorted(delivery_rows(ctx, issue))
+    with ctx.db.write() as session:
+        ledger.claim_next(session, issue, 0, 1, Claimant("far:1:x", utcnow() - timedelta(1)))
+        ledger.claim_next(session, issue, ids[0], 1, Claimant("far:2:y", utcnow() + timedelta(1)))
+    run.claims.cursor, run.claims.keyset_done = ids[2], True
+    assert run._others_may_need_us()  # an expired claim: taken back, worth another pass
+    assert delivery_rows(ctx, issue)[ids[0]] == ("queued", 0, None)
+    assert (run.claims.cursor, run.claims.keyset_done) == (0, False)
+    run.claims.cursor, run.claims.keyset_done = ids[2], True
+    assert run._others_may_need_us()  # far:2:y is alive: wait, then look again
+    assert (run.claims.cursor, run.claims.keyset_done) == (0, False)
+    with ctx.db.write() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.issue_id == issue, Delivery.subscriber_id == ids[1])
+            .values(status=DeliveryStatus.SENT)
+        )
+    run.claims.cursor, run.claims.keyset_done = ids[2], True
+    assert not run._others_may_need_us()  # nobody else: done
+    assert (run.claims.cursor, run.claims.keyset_done) == (ids[2], True)
+
+
+def test_feed_pushes_at_most_a_window_ahead(make_run: MakeRun) -> None:
+    run = make_run(40, concurrency=1)  # window 16; the workers are not started
+    run._feed()
+    assert (run.pusher.outstanding, len(run.claims.pending)) == (16, 24)
+    assert [run.pusher.jobs.get_nowait()[0].subscriber_id for _ in range(16)] == sorted(
+        delivery_rows(run.ctx, run.issue_id)
+    )[:16]
+    run.pusher.outstanding = 10  # six outcomes came back
+    run._feed()
+    assert (run.pusher.outstanding, len(run.claims.pending)) == (16, 18)
+    run.pusher.outstanding = 0
+    run.halts.halt("pause", "policy")
+    run._feed()
+    assert (run.pusher.outstanding, len(run.claims.pending)) == (0, 18)
 
 
 def test_flush_writes_the_batch_reports_progress_and_reads_the_status(
