@@ -10,6 +10,7 @@ protocol, as in test_delivery_review); nothing of ours is replaced.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -362,6 +363,9 @@ def test_a_deferral_backs_off_and_the_last_attempt_is_not_rescheduled(
     assert run.run_attempts == {5: 3}
     take(run, 6, GREY)
     assert run.run_attempts == {5: 3, 6: 1}
+    take(run, 6, GREY)
+    take(run, 6, GREY)
+    assert (run.run_attempts, run.stats.exhausted, run.stats.retries) == ({5: 3, 6: 3}, 2, 6)
     assert run.consecutive_drops == 0  # a 451 is the server talking, not a dropped line
 
 
@@ -623,7 +627,9 @@ def test_renew_pushes_this_senders_claims_and_takes_back_dead_ones(make_run: Mak
     assert (run.claims.cursor, run.claims.keyset_done, run.claims.swept) == (0, False, False)
 
 
-def test_take_back_frees_the_rows_of_a_dead_local_sender(make_run: MakeRun) -> None:
+def test_take_back_frees_the_rows_of_a_dead_local_sender(
+    make_run: MakeRun, caplog: pytest.LogCaptureFixture
+) -> None:
     me_gone, other_gone = dead_pid(), dead_pid()
     run = make_run(4, pid=me_gone)  # the pid in our own claims is not alive either
     ctx, issue = run.ctx, run.issue_id
@@ -635,7 +641,11 @@ def test_take_back_frees_the_rows_of_a_dead_local_sender(make_run: MakeRun) -> N
         ledger.claim_next(session, issue, ids[1], 1, Claimant(f"far:{other_gone}:q", live))
     run.claims.claim([])
     assert run.claims.cursor == ids[3]
-    assert run.claims.take_back() == 2  # a process of this host that exited: not waited for
+    with caplog.at_level(logging.WARNING, logger="newsletter.delivery.engine"):
+        assert run.claims.take_back() == 2  # a process of this host that exited: not waited for
+    assert [r.getMessage() for r in caplog.records] == [
+        f"issue {issue}: took back 2 rows of senders that died"
+    ]
     rows = delivery_rows(ctx, issue)
     assert [rows[s] for s in ids] == [
         ("queued", 0, None),
