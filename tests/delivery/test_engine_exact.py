@@ -39,7 +39,15 @@ from newsletter.delivery.engine import (
 from newsletter.delivery.ledger import Claimant, Job, Result
 from newsletter.delivery.outcome import Outcome, SendOutcome
 from newsletter.lease import Holder
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
 
 HOST = "test-host"
 TOKEN = "0123456789abcdef0123"
@@ -69,9 +77,15 @@ class Sink:
 
     description = "sink"
 
-    def __init__(self, concurrency: int, answer: SendOutcome | BaseException | None = None):
+    def __init__(
+        self,
+        concurrency: int,
+        answer: SendOutcome | BaseException | None = None,
+        answers: dict[str, SendOutcome] | None = None,
+    ):
         self.concurrency = concurrency
         self.answer = answer or SendOutcome(Outcome.SENT, 250, "2.0.0 Ok")
+        self.answers = answers or {}  # per recipient
         self.calls: list[tuple[str, str, bytes]] = []
         self.lock = threading.Lock()
 
@@ -80,7 +94,7 @@ class Sink:
             self.calls.append((envelope_from, recipient, data))
         if isinstance(self.answer, BaseException):
             raise self.answer
-        return self.answer
+        return self.answers.get(recipient, self.answer)
 
     def close(self) -> None:
         pass
@@ -214,8 +228,14 @@ def test_progress_before_the_run_started_is_all_zero(make_run: MakeRun) -> None:
 
 def test_progress_adds_this_run_to_what_the_ledger_already_had(make_run: MakeRun) -> None:
     reports: list[Progress] = []
-    sink = Sink(2)
-    run = make_run(10, progress=reports.append, transport=sink)
+    sink = Sink(
+        2,
+        answers={
+            "reader000008@example.org": SendOutcome(Outcome.BOUNCE, 550, "5.1.1 unknown"),
+            "reader000009@example.org": REFUSED,
+        },
+    )
+    run = make_run(11, progress=reports.append, transport=sink)
     ctx, issue = run.ctx, run.issue_id
     ids = sorted(delivery_rows(ctx, issue))
     for status, chosen in (
@@ -230,28 +250,37 @@ def test_progress_adds_this_run_to_what_the_ledger_already_had(make_run: MakeRun
                 .where(Delivery.issue_id == issue, Delivery.subscriber_id.in_(chosen))
                 .values(status=status)
             )
+    with ctx.db.write() as session:  # left after the issue was queued: skipped by this run
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id == ids[10])
+            .values(status=SubscriberStatus.UNSUBSCRIBED)
+        )
     started = time.monotonic()
     stats = run.run()
     assert 0 < stats.elapsed <= time.monotonic() - started
     assert (stats.sent, stats.failed, stats.bounced, stats.skipped, stats.halt) == (
-        3,
-        0,
-        0,
-        0,
+        1,
+        1,
+        1,
+        1,
         None,
     )
     last = reports[-1]
-    assert (last.total, last.sent, last.failed, last.bounced, last.skipped) == (10, 4, 2, 3, 1)
-    assert (last.retrying, last.sent_this_run, last.done) == (0, 3, 10)
+    assert (last.total, last.sent, last.failed, last.bounced, last.skipped) == (11, 2, 3, 4, 2)
+    assert (last.retrying, last.sent_this_run, last.done) == (0, 1, 11)
     assert 0 <= last.elapsed <= stats.elapsed
     assert sorted(c[1] for c in sink.calls) == [f"reader{i:06d}@example.org" for i in (7, 8, 9)]
     assert {c[0] for c in sink.calls} == {"news@example.com"}
     assert [c[2] for c in sink.calls if c[1] == "reader000007@example.org"] == [
         b"To: Reader 7 <reader000007@example.org>\r\n\r\nHi\r\n"
     ]
-    assert {sid: row[0] for sid, row in delivery_rows(ctx, issue).items() if sid in ids[7:]} == {
-        sid: "sent" for sid in ids[7:]
-    }
+    assert [delivery_rows(ctx, issue)[sid][0] for sid in ids[7:]] == [
+        "sent",
+        "bounced",
+        "failed",
+        "skipped",
+    ]
 
 
 # -- outcomes, one by one -------------------------------------------------------------
@@ -528,8 +557,6 @@ def test_claim_more_takes_one_batch_and_counts_the_skipped(make_run: MakeRun) ->
     run = make_run(12, NEWSLETTER_BATCH_SIZE="5")
     ctx, issue = run.ctx, run.issue_id
     ids = sorted(delivery_rows(ctx, issue))
-    from newsletter.models import Subscriber, SubscriberStatus
-
     with ctx.db.write() as session:
         session.execute(
             update(Subscriber)
