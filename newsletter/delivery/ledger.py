@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    Executable,
     Select,
     String,
     Table,
@@ -332,31 +333,41 @@ def _naive_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
 
 
-def _write_outcomes(session: Session, issue_id: int, updates: list[dict[str, Any]]) -> None:
+def _write_outcomes(session: Session, updates: list[dict[str, Any]]) -> None:
     """The outcomes as one statement on PostgreSQL (``UPDATE … FROM unnest(arrays)``).
 
     A hundred single-row UPDATEs cost PostgreSQL a hundred statements even when
     pipelined; one join against the batch is one.  SQLite runs the same prepared
     single-row UPDATE per outcome in-process, which is already cheap there.
     """
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(_UPDATE, updates)
-        return
-    session.execute(
-        _PG_OUTCOMES,
-        {
-            "issue": issue_id,
-            "sids": [u["b_sid"] for u in updates],
-            "mes": [u["b_me"] for u in updates],
-            "statuses": [u["b_status"] for u in updates],
-            "incs": [u["b_inc"] for u in updates],
-            "nexts": [_naive_utc(u["b_next"]) for u in updates],
-            "codes": [u["b_code"] for u in updates],
-            "responses": [u["b_response"] for u in updates],
-            "mids": [u["b_mid"] for u in updates],
-            "sents": [_naive_utc(u["b_sent"]) for u in updates],
-        },
-    )
+    statement, params = _outcome_statement(session.get_bind().dialect.name, updates)
+    session.execute(statement, params)
+
+
+def _outcome_statement(dialect: str, updates: list[dict[str, Any]]) -> tuple[Executable, Any]:
+    """The statement writing a batch of outcomes on ``dialect``, with its parameters."""
+    if dialect == "postgresql":
+        return _PG_OUTCOMES, _pg_outcome_arrays(updates)
+    return _UPDATE, updates
+
+
+def _pg_outcome_arrays(updates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of ``_PG_OUTCOMES``: one array per field, naive UTC timestamps.
+
+    A batch is always one issue's (``record`` builds it), so its first row names it.
+    """
+    return {
+        "issue": updates[0]["b_issue"],
+        "sids": [u["b_sid"] for u in updates],
+        "mes": [u["b_me"] for u in updates],
+        "statuses": [u["b_status"] for u in updates],
+        "incs": [u["b_inc"] for u in updates],
+        "nexts": [_naive_utc(u["b_next"]) for u in updates],
+        "codes": [u["b_code"] for u in updates],
+        "responses": [u["b_response"] for u in updates],
+        "mids": [u["b_mid"] for u in updates],
+        "sents": [_naive_utc(u["b_sent"]) for u in updates],
+    }
 
 
 _RELEASE = (
@@ -428,7 +439,7 @@ def record(
         elif o.outcome is Outcome.RETRY:
             deferred.append(r.subscriber_id)
     if updates:
-        _write_outcomes(session, issue_id, updates)
+        _write_outcomes(session, updates)
     if deferred and give_up_after is not None:
         session.execute(
             update(D)
