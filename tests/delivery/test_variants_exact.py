@@ -31,7 +31,9 @@ def readers(ctx: Context) -> dict[str, int]:
     names = ["sport1", "sport2", "arts", "weather1", "weather2", "all1", "all2"]
     with ctx.db.write() as session:
         for sid, sections in zip(sorted(ids), chosen, strict=True):
-            session.execute(update(Subscriber).where(Subscriber.id == sid).values(sections=sections))
+            session.execute(
+                update(Subscriber).where(Subscriber.id == sid).values(sections=sections)
+            )
     return dict(zip(names, sorted(ids), strict=True))
 
 
@@ -63,7 +65,9 @@ def rows(ctx: Context, issue_id: int) -> dict[int, tuple[str, int | None, str | 
                 Delivery.last_response,
             ).where(Delivery.issue_id == issue_id)
         ).all()
-    return {sid: (DeliveryStatus(status).value, variant, last) for sid, status, variant, last in found}
+    return {
+        sid: (DeliveryStatus(status).value, variant, last) for sid, status, variant, last in found
+    }
 
 
 def the_issue(ctx: Context) -> tuple[dict[str, int], int, int]:
