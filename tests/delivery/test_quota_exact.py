@@ -20,7 +20,7 @@ from newsletter.delivery import quota
 from newsletter.models import AppState, Delivery, DeliveryStatus
 
 PARIS = {"NEWSLETTER_TIMEZONE": "Europe/Paris"}
-NOW = datetime(2026, 3, 10, 21, 30, tzinfo=UTC)  # 22:30 in Paris
+NOW = datetime(2026, 3, 10, 21, 30, 17, 250_000, tzinfo=UTC)  # 22:30:17.25 in Paris
 MIDNIGHT = datetime(2026, 3, 9, 23, 0, tzinfo=UTC)  # 00:00 in Paris on 10 March
 REST = "the rest stay queued until tomorrow (00:00 Europe/Paris)"
 
