@@ -23,11 +23,19 @@ T = 1024.0  # the injected wall clock's start (seconds)
 T_US = 1_024_000_000
 
 
+class Runaway(AssertionError):
+    """A wait loop that would never end (fail at once instead of hanging the test)."""
+
+
 class Clock:
     def __init__(self, now: float = T) -> None:
         self.now = now
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
+        if self.reads > 1000:
+            raise Runaway("the clock was read 1000 times: a wait loop that never ends")
         return self.now
 
 
@@ -43,8 +51,11 @@ class Waits(threading.Event):
 
     def wait(self, timeout: float | None = None) -> bool:
         self.asked.append(timeout)
-        if timeout is not None:
-            self.clock.now += timeout
+        if timeout is None:
+            raise Runaway("wait() without a timeout would block for ever")
+        if len(self.asked) > 100:
+            raise Runaway("more than 100 waits")
+        self.clock.now += timeout
         return self.is_set()
 
 
