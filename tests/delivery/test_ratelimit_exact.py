@@ -16,7 +16,7 @@ import time
 import pytest
 
 from newsletter.context import Context
-from newsletter.delivery.ratelimit import SharedRate, TokenBucket, bucket_for
+from newsletter.delivery.ratelimit import SharedRate, TokenBucket, bucket_for, limiter_for
 from newsletter.models import RateWindow
 
 T = 1024.0  # the injected wall clock's start (seconds)
@@ -284,3 +284,11 @@ def test_bucket_for_a_rate() -> None:
     assert half is not None and half.rate == 0.5
     three = bucket_for(3)
     assert three is not None and three.rate == 3 and three.capacity == 1.0
+
+
+def test_limiter_for_a_rate(ctx: Context) -> None:
+    assert limiter_for(ctx.db, 0) is None
+    assert limiter_for(ctx.db, -3) is None
+    for rate in (0.5, 1, 80):
+        limiter = limiter_for(ctx.db, rate)
+        assert limiter is not None and limiter.rate == rate and limiter.db is ctx.db
