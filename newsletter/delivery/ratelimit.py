@@ -53,7 +53,7 @@ class TokenBucket:
             self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
             self._last = now
             self._tokens -= 1.0
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+            return max(0.0, -self._tokens / self.rate)
 
     def acquire(self, cancelled: threading.Event | None = None) -> bool:
         """Wait for a token; False if ``cancelled`` was set while waiting."""
@@ -99,8 +99,10 @@ class SharedRate:
         self.burst = max(2, math.ceil(rate * 0.05))  # tokens: a twentieth of a second
         self.chunk = max(1, self.burst // 2)
         self._clock = clock
-        self._tokens = 0
-        self._valid_until = 0.0
+        # Nothing held yet: the first call asks the row (with the wall clock past 0.0,
+        # any starting count would be ignored, so neither value can change behaviour).
+        self._tokens = 0  # pragma: no mutate (equivalent: _valid_until 0.0 is already past)
+        self._valid_until = 0.0  # pragma: no mutate (equivalent: unread while _tokens is 0)
         self._lock = threading.Lock()
 
     def acquire(self, cancelled: threading.Event | None = None) -> bool:
@@ -142,12 +144,9 @@ class SharedRate:
             row = session.execute(statement).first()
             if row is None:
                 first = min(self.chunk, self.burst)
-                session.add(
-                    RateWindow(
-                        name=self.name, tat_us=now_us + first * self.interval_us, granted=first
-                    )
-                )
-                return first, now_us + first * self.interval_us
+                tat_us = now_us + first * self.interval_us
+                session.add(RateWindow(name=self.name, tat_us=tat_us, granted=first))
+                return first, tat_us
         return int(row[0]), int(row[1])
 
 
