@@ -88,8 +88,10 @@ def csrf_token() -> str:
 def csrf_valid() -> bool:
     """True when the posted form field matches the session's token (constant time)."""
     expected = session.get(_CSRF_KEY)
-    given = request.form.get(CSRF_FIELD, "")
-    if not isinstance(expected, str) or not expected or not given:
+    given = request.form.get(CSRF_FIELD)
+    # An empty ``expected`` needs no test of its own: an empty ``given`` is refused
+    # here, and no non-empty ``given`` compares equal to it.
+    if not isinstance(expected, str) or not given:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
 
@@ -227,7 +229,7 @@ def ip_key(remote: str) -> str:
     so counting single IPv6 addresses would limit nobody.
     """
     try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+        ip = ipaddress.ip_address(remote.partition("%")[0])
     except ValueError:
         return f"ip:{remote}"
     if isinstance(ip, ipaddress.IPv6Address):
