@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from flask import Flask, Response, g, render_template, request, session
-from sqlalchemy import case, delete, or_, select
+from sqlalchemy import Insert, case, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -193,21 +193,7 @@ class SharedLimiter:
     def _count(self, session: Session, key: str, now: float, prune: bool) -> float | None:
         """Count one hit: None when it is allowed, else when the key's full window ends."""
         t = Throttle.__table__.c
-        expired = t.window_start <= now - self.period
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        statement = (
-            insert(Throttle)
-            .values(key=key, window_start=now, hits=1)
-            .on_conflict_do_update(
-                index_elements=[t.key],
-                set_={
-                    "window_start": case((expired, now), else_=t.window_start),
-                    "hits": case((expired, 1), else_=t.hits + 1),
-                },
-                where=or_(expired, t.hits < self.limit),
-            )
-            .returning(t.hits)
-        )
+        statement = self._upsert(session.get_bind().dialect.name, key, now)
         full_until = None
         if session.execute(statement).scalar() is None:  # no row: not counted, full
             # The row is there: the upsert met it, and this transaction holds it (SQLite's
@@ -222,6 +208,29 @@ class SharedLimiter:
                 )
             )
         return full_until
+
+    def _upsert(self, dialect: str, key: str, now: float) -> Insert:
+        """One hit on ``key`` at ``now`` in one statement, in ``dialect``'s own upsert.
+
+        It starts a window, counts a hit in one, or (the key full) changes nothing and
+        returns no row.
+        """
+        t = Throttle.__table__.c
+        expired = t.window_start <= now - self.period
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        return (
+            insert(Throttle)
+            .values(key=key, window_start=now, hits=1)
+            .on_conflict_do_update(
+                index_elements=[t.key],
+                set_={
+                    "window_start": case((expired, now), else_=t.window_start),
+                    "hits": case((expired, 1), else_=t.hits + 1),
+                },
+                where=or_(expired, t.hits < self.limit),
+            )
+            .returning(t.hits)
+        )
 
 
 class Limiter(Protocol):

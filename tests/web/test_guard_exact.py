@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from flask import Flask, abort, g, make_response, render_template_string, session
 from flask.typing import ResponseReturnValue
-from sqlalchemy import delete, select
+from sqlalchemy import create_engine, delete, select
 from sqlalchemy.exc import SAWarning
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.test import TestResponse
@@ -636,3 +636,22 @@ def test_every_thousandth_hit_deletes_this_limiters_ended_windows(
     else:
         assert ip.hit("k")
     assert _rows(ctx) == {"address|old": (1000.0, 1), "ip|k": (2000.0, 998)}
+
+
+@pytest.mark.parametrize(
+    ("url", "conflict", "returning"),
+    [
+        ("postgresql+psycopg://", "ON CONFLICT (key) DO UPDATE SET ", "RETURNING throttles.hits"),
+        ("sqlite://", 'ON CONFLICT ("key") DO UPDATE SET ', "RETURNING hits"),
+    ],
+)
+def test_the_upsert_is_each_databases_own(
+    ctx: Context, url: str, conflict: str, returning: str
+) -> None:
+    """Each backend gets its own upsert, naming the conflict target (SQLite may do
+    without one; PostgreSQL refuses that): checked on either backend, no server needed."""
+    dialect = create_engine(url).dialect  # never connects
+    limiter = SharedLimiter(ctx.db, "ip", limit=3, period=60.0)
+    sql = str(limiter._upsert(dialect.name, "ip|k", 1000.0).compile(dialect=dialect))
+    assert sql.startswith("INSERT INTO throttles ")
+    assert conflict in sql and sql.endswith(" " + returning)
