@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import itertools
 import logging
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from flask import Flask, Response, g, render_template, request, session
-from sqlalchemy import case, delete, or_, select
+from sqlalchemy import Insert, case, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -88,8 +89,10 @@ def csrf_token() -> str:
 def csrf_valid() -> bool:
     """True when the posted form field matches the session's token (constant time)."""
     expected = session.get(_CSRF_KEY)
-    given = request.form.get(CSRF_FIELD, "")
-    if not isinstance(expected, str) or not expected or not given:
+    given = request.form.get(CSRF_FIELD)
+    # An empty ``expected`` needs no test of its own: an empty ``given`` is refused
+    # here, and no non-empty ``given`` compares equal to it.
+    if not isinstance(expected, str) or not given:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
 
@@ -137,7 +140,7 @@ class RateLimiter:
         # new keys pays for this scan and sort once per max_keys/10 keys, not on every
         # request while holding the lock every request needs.
         overflow = len(self._hits) - self.max_keys + max(self.max_keys // 10, 1)
-        if overflow > 0:
+        if overflow >= 1:
             oldest = sorted(self._hits, key=lambda k: self._hits[k][-1])[:overflow]
             for key in oldest:
                 del self._hits[key]
@@ -160,7 +163,7 @@ class SharedLimiter:
     max_cached: int = 10_000
     _full_until: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _hits: int = field(default=0, init=False, repr=False)
+    _hits: Iterator[int] = field(default_factory=lambda: itertools.count(1), init=False, repr=False)
 
     def hit(self, key: str, session: Session | None = None) -> bool:
         """Count one attempt for ``key``; False when it is over the limit.
@@ -173,25 +176,49 @@ class SharedLimiter:
         with self._lock:
             if self._full_until.get(row_key, 0.0) > now:
                 return False
-            self._hits += 1
-            prune = self._hits % 1000 == 0
+            prune = next(self._hits) % 1000 == 0  # this process's every 1000th hit
         if session is not None:
-            allowed, start = self._count(session, row_key, now, prune)
+            full_until = self._count(session, row_key, now, prune)
         else:
             with self.db.write() as own:
-                allowed, start = self._count(own, row_key, now, prune)
-        if not allowed:
-            with self._lock:
-                if len(self._full_until) >= self.max_cached:
-                    self._full_until.clear()
-                self._full_until[row_key] = start + self.period
-        return allowed
+                full_until = self._count(own, row_key, now, prune)
+        if full_until is None:
+            return True
+        with self._lock:
+            if len(self._full_until) >= self.max_cached:
+                self._full_until.clear()
+            self._full_until[row_key] = full_until
+        return False
 
-    def _count(self, session: Session, key: str, now: float, prune: bool) -> tuple[bool, float]:
+    def _count(self, session: Session, key: str, now: float, prune: bool) -> float | None:
+        """Count one hit: None when it is allowed, else when the key's full window ends."""
+        t = Throttle.__table__.c
+        statement = self._upsert(session.get_bind().dialect.name, key, now)
+        full_until = None
+        if session.execute(statement).scalar() is None:  # no row: not counted, full
+            # The row is there: the upsert met it, and this transaction holds it (SQLite's
+            # write lock; PostgreSQL locks a conflicting row even when it is not updated).
+            start = session.execute(select(t.window_start).where(t.key == key)).scalar_one()
+            full_until = float(start) + self.period
+        if prune:  # old windows of this limiter: nobody needs them any more
+            session.execute(
+                delete(Throttle).where(
+                    t.key.startswith(f"{self.name}|"),
+                    t.window_start <= now - self.period,
+                )
+            )
+        return full_until
+
+    def _upsert(self, dialect: str, key: str, now: float) -> Insert:
+        """One hit on ``key`` at ``now`` in one statement, in ``dialect``'s own upsert.
+
+        It starts a window, counts a hit in one, or (the key full) changes nothing and
+        returns no row.
+        """
         t = Throttle.__table__.c
         expired = t.window_start <= now - self.period
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        statement = (
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        return (
             insert(Throttle)
             .values(key=key, window_start=now, hits=1)
             .on_conflict_do_update(
@@ -204,16 +231,6 @@ class SharedLimiter:
             )
             .returning(t.hits)
         )
-        allowed = session.execute(statement).first() is not None
-        start = now if allowed else session.scalar(select(t.window_start).where(t.key == key))
-        if prune:  # old windows of this limiter: nobody needs them any more
-            session.execute(
-                delete(Throttle).where(
-                    t.key.startswith(f"{self.name}|"),
-                    t.window_start <= now - self.period,
-                )
-            )
-        return allowed, float(start if start is not None else now)
 
 
 class Limiter(Protocol):
@@ -227,13 +244,13 @@ def ip_key(remote: str) -> str:
     so counting single IPv6 addresses would limit nobody.
     """
     try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+        ip = ipaddress.ip_address(remote.partition("%")[0])
     except ValueError:
         return f"ip:{remote}"
     if isinstance(ip, ipaddress.IPv6Address):
         mapped = ip.ipv4_mapped
         if mapped is None:
-            return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+            return f"ip:{ipaddress.IPv6Interface((ip, 64)).network}"
         ip = mapped
     return f"ip:{ip}"
 
