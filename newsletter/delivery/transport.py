@@ -343,7 +343,7 @@ class SMTPPool:
         self._idle: list[SMTPConnection] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.concurrency)
-        self._closed = False
+        self._closed = False  # pragma: no mutate (equivalent: None is as false)
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
         """One message; the outcome names this relay, and whether opening a session failed."""

@@ -300,6 +300,31 @@ def test_a_refused_mail_from_stops_there_and_the_next_transaction_resets(
     ]
 
 
+@pytest.mark.parametrize("extensions", [(), ("PIPELINING",)])
+@pytest.mark.parametrize(
+    ("verb", "reply", "outcome"),
+    [
+        ("MAIL", "553 5.1.8 sender address domain not found", Outcome.POLICY),  # not a bounce
+        ("RCPT", "550 mailbox unavailable", Outcome.BOUNCE),  # no 5.x.y: a mailbox, at RCPT
+        ("RCPT", "553 5.1.3 bad address syntax", Outcome.BOUNCE),
+    ],
+)
+def test_a_refusal_is_classified_at_its_own_stage(
+    scripted: Callable[..., Scripted],
+    fast: Settings,
+    extensions: tuple[str, ...],
+    verb: str,
+    reply: str,
+    outcome: Outcome,
+) -> None:
+    server = scripted(extensions=extensions, **{verb: reply}, DATA="554 5.5.1 no recipients")
+    pool = SMTPPool(fast, server.url())
+    assert pool.send(FROM, "a@example.org", MESSAGE) == SendOutcome(
+        outcome, int(reply[:3]), reply[4:], relay=server.url()
+    )
+    pool.close()
+
+
 def test_a_refused_rcpt_is_the_answer_not_the_refused_data_after_it(
     scripted: Callable[..., Scripted], fast: Settings
 ) -> None:
