@@ -187,7 +187,11 @@ class SMTPConnection:
             code, msg = smtp.connect(t.host, t.port)
             if code != 220:
                 text = _decode(msg)
-                raise _Refused(SendOutcome(classify(code, text, "session"), code, text))
+                # Only 220 opens a session: any other 2xx greeting (a "221 bye") is
+                # nonsense here and must never count as the message sent.
+                sent = 200 <= code < 300
+                outcome = Outcome.RETRY if sent else classify(code, text, "session")
+                raise _Refused(SendOutcome(outcome, code, text))
             self._expect(smtp.ehlo(), "EHLO")
             if not t.implicit_tls and "starttls" in smtp.esmtp_features:
                 smtp.starttls(context=context)  # anything but 220 raises SMTPResponseException

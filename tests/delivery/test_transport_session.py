@@ -552,6 +552,10 @@ def test_a_dropped_connection_is_a_retry_and_the_next_send_reconnects(
         ("554 5.7.1 your IP is on our blocklist", Outcome.POLICY),
         ("421 4.3.2 too busy", Outcome.RETRY),
         ("554 5.3.2 not accepting network messages", Outcome.POLICY),  # about us, not a reader
+        ("221 2.0.0 bye", Outcome.RETRY),  # a 2xx that is not 220 never means "sent"
+        ("250 mx.example.net", Outcome.RETRY),
+        ("299 odd", Outcome.RETRY),
+        ("200 ok", Outcome.RETRY),
     ],
 )
 def test_a_greeting_other_than_220_is_the_relays_fault(
