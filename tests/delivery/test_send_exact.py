@@ -500,8 +500,19 @@ def test_unfinished_issue_is_the_oldest_sending_or_paused(ctx: Context) -> None:
     done = make_issue(ctx)
     assert delivery.send_issue(ctx, done).ok
     paused = make_issue(ctx)
-    set_issue(ctx, paused, status=IssueStatus.PAUSED, status_reason="554 blocked")
     make_issue(ctx)
+    # paused after the newer one was made: on PostgreSQL its row now comes last in a scan
+    set_issue(ctx, paused, status=IssueStatus.PAUSED, status_reason="554 blocked")
     with ctx.db.read() as session:
         found = delivery.unfinished_issue(session)
         assert found is not None and found.id == paused
+
+
+def test_other_senders_splits_pid_and_token_off_the_right(ctx: Context) -> None:
+    add_subscribers(ctx, 2)
+    issue_id = make_issue(ctx)
+    with ctx.db.write() as session:  # a host name with colons (an IPv6 literal)
+        v6 = ledger.Claimant("fd00::7:31337:0123456789ab", utcnow() + timedelta(minutes=5))
+        ledger.claim_next(session, issue_id, 0, 2, v6)
+    with ctx.db.read() as session:
+        assert delivery.other_senders(session, issue_id) == [("fd00::7", "31337", 2)]
