@@ -499,10 +499,16 @@ def test_unfinished_issue_is_the_oldest_sending_or_paused(ctx: Context) -> None:
     add_subscribers(ctx, 1)
     done = make_issue(ctx)
     assert delivery.send_issue(ctx, done).ok
+    sending = make_issue(ctx)
     paused = make_issue(ctx)
-    make_issue(ctx)
-    # paused after the newer one was made: on PostgreSQL its row now comes last in a scan
     set_issue(ctx, paused, status=IssueStatus.PAUSED, status_reason="554 blocked")
+    # rewritten last: on PostgreSQL its row now comes last in a table scan
+    set_issue(ctx, sending, status_reason=None)
+    with ctx.db.read() as session:  # the oldest, whether sending or paused
+        # (unordered, SQLite's index on status would give the paused one first)
+        found = delivery.unfinished_issue(session)
+        assert found is not None and found.id == sending
+    set_issue(ctx, sending, status=IssueStatus.CANCELLED)
     with ctx.db.read() as session:
         found = delivery.unfinished_issue(session)
         assert found is not None and found.id == paused
