@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from newsletter.context import Context
 from newsletter.delivery import ledger
 from newsletter.delivery import send as delivery
-from newsletter.delivery.engine import Progress
+from newsletter.delivery.engine import Progress, RunStats
 from newsletter.delivery.outbox import MaildirOutbox
 from newsletter.models import (
     Delivery,
@@ -522,3 +522,25 @@ def test_other_senders_splits_pid_and_token_off_the_right(ctx: Context) -> None:
         ledger.claim_next(session, issue_id, 0, 2, v6)
     with ctx.db.read() as session:
         assert delivery.other_senders(session, issue_id) == [("fd00::7", "31337", 2)]
+
+
+def test_finish_settles_the_status_from_the_ledger(ctx: Context) -> None:
+    """``_finish`` on its own, for run endings a real run reaches only by timing."""
+    add_subscribers(ctx, 3)
+    issue_id = make_issue(ctx)
+    plain = delivery._finish(ctx, issue_id, RunStats())  # nothing halted, nothing retried
+    assert (plain.status, plain.reason) == (IssueStatus.SENDING, "3 deliveries still queued")
+    retried = delivery._finish(ctx, issue_id, RunStats(last_retry_text="451 4.7.1 later"))
+    assert retried.reason == "3 deliveries still queued (last error: 451 4.7.1 later)"
+    named = delivery._finish(ctx, issue_id, RunStats(reason="why", last_retry_text="451"))
+    assert named.reason == "3 deliveries still queued (why)"
+    paused = delivery._finish(ctx, issue_id, RunStats(halt="pause", reason="554 5.7.1 no"))
+    assert (paused.status, paused.reason) == (IssueStatus.PAUSED, "554 5.7.1 no")
+    again = delivery._finish(ctx, issue_id, RunStats(halt="pause", reason="other"))
+    assert (again.status, again.reason) == (IssueStatus.PAUSED, "554 5.7.1 no")  # kept
+    row = issue_row(ctx, issue_id)
+    assert (row.status, row.status_reason, row.finished_at) == (
+        IssueStatus.PAUSED,
+        "554 5.7.1 no",
+        None,
+    )
