@@ -10,11 +10,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _delivery_support import FaultHandler, add_subscribers, email_for, issue_row, make_issue
+from _delivery_support import (
+    HTML,
+    TEXT,
+    FaultHandler,
+    add_subscribers,
+    email_for,
+    issue_row,
+    make_issue,
+)
 from aiosmtpd.smtp import SMTP, Session
 from conftest import RecordingHandler, SMTPServer, start_smtp
 from sqlalchemy import select, update
@@ -29,9 +38,12 @@ from newsletter.models import (
     DeliveryStatus,
     Issue,
     IssueStatus,
+    IssueVariant,
+    Subscriber,
     SubscriberStatus,
     utcnow,
 )
+from newsletter.subscribers.preferences import encode_sections
 
 FAST = {"NEWSLETTER_RETRY_BASE_SECONDS": "0.01", "NEWSLETTER_BATCH_SIZE": "7"}
 
@@ -544,3 +556,40 @@ def test_finish_settles_the_status_from_the_ledger(ctx: Context) -> None:
         "554 5.7.1 no",
         None,
     )
+
+
+def test_send_issue_hands_each_reader_their_rendering(ctx: Context) -> None:
+    ids = sorted(add_subscribers(ctx, 3))
+    with ctx.db.write() as session:  # the first two chose sport; the third reads it all
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id.in_(ids[:2]))
+            .values(sections=encode_sections(["sport"]))
+        )
+    issue_id = make_issue(ctx, "The whole issue", enqueue=False)
+    with ctx.db.write() as session:
+        session.add(
+            IssueVariant(
+                issue_id=issue_id,
+                number=1,
+                sections=encode_sections(["sport"]),
+                story_count=2,
+                subject="Sport only",
+                html=HTML,
+                text=TEXT,
+            )
+        )
+        session.flush()
+        ledger.enqueue(session, issue_id)
+    assert delivery.send_issue(ctx, issue_id).ok
+    got = {}
+    for path in (Path(ctx.settings.outbox) / "new").iterdir():
+        msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+        got[str(msg["Delivered-To"])] = (str(msg["Subject"]), str(msg["Feedback-ID"]))
+    feedback = f"{issue_id}:manual:"
+    assert {to: subject for to, (subject, _) in got.items()} == {
+        email_for(0): "Sport only",
+        email_for(1): "Sport only",
+        email_for(2): "The whole issue",
+    }
+    assert all(fid.startswith(feedback) for _, fid in got.values()), got
