@@ -199,8 +199,10 @@ def test_rows_another_live_sender_holds_count_as_left(ctx: Context) -> None:
     add_subscribers(ctx, 10)
     issue_id = make_issue(ctx)
     with ctx.db.write() as session:  # a sender on another machine holds 7 rows
+        # (20 s: long enough to be live throughout, short enough that a run which
+        # ignored ``stop`` and waited for them would fail this test soon)
         other = ledger.Claimant(
-            "mailer-2.example:4242:feedfacecafe", utcnow() + timedelta(minutes=5)
+            "mailer-2.example:4242:feedfacecafe", utcnow() + timedelta(seconds=20)
         )
         assert len(ledger.claim_next(session, issue_id, 0, 7, other).jobs) == 7
     with ctx.db.read() as session:
