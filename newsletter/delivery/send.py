@@ -210,7 +210,7 @@ def _finish(ctx: Context, issue_id: int, stats: RunStats) -> SendSummary:
                 f"last error: {stats.last_retry_text}" if stats.last_retry_text else None
             )
             issue.status_reason = f"{left} deliveries still queued" + (f" ({why})" if why else "")
-        next_retry = ledger.next_retry(session, issue_id) if left else None
+        next_retry = ledger.next_retry(session, issue_id)  # None when nothing is queued
         return SendSummary(
             issue_id=issue_id,
             subject=issue.subject,

@@ -10,11 +10,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _delivery_support import FaultHandler, add_subscribers, email_for, issue_row, make_issue
+from _delivery_support import (
+    HTML,
+    TEXT,
+    FaultHandler,
+    add_subscribers,
+    email_for,
+    issue_row,
+    make_issue,
+)
 from aiosmtpd.smtp import SMTP, Session
 from conftest import RecordingHandler, SMTPServer, start_smtp
 from sqlalchemy import select, update
@@ -22,16 +31,19 @@ from sqlalchemy import select, update
 from newsletter.context import Context
 from newsletter.delivery import ledger
 from newsletter.delivery import send as delivery
-from newsletter.delivery.engine import Progress
+from newsletter.delivery.engine import Progress, RunStats
 from newsletter.delivery.outbox import MaildirOutbox
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
     Issue,
     IssueStatus,
+    IssueVariant,
+    Subscriber,
     SubscriberStatus,
     utcnow,
 )
+from newsletter.subscribers.preferences import encode_sections
 
 FAST = {"NEWSLETTER_RETRY_BASE_SECONDS": "0.01", "NEWSLETTER_BATCH_SIZE": "7"}
 
@@ -93,7 +105,7 @@ def test_active_count_counts_active_readers_only(ctx: Context) -> None:
         assert delivery.active_count(session) == 0
     add_subscribers(ctx, 3)
     add_subscribers(ctx, 2, SubscriberStatus.PENDING, start=100)
-    add_subscribers(ctx, 1, SubscriberStatus.UNSUBSCRIBED, start=200)
+    add_subscribers(ctx, 4, SubscriberStatus.UNSUBSCRIBED, start=200)
     with ctx.db.read() as session:
         assert delivery.active_count(session) == 3
 
@@ -187,8 +199,10 @@ def test_rows_another_live_sender_holds_count_as_left(ctx: Context) -> None:
     add_subscribers(ctx, 10)
     issue_id = make_issue(ctx)
     with ctx.db.write() as session:  # a sender on another machine holds 7 rows
+        # (20 s: long enough to be live throughout, short enough that a run which
+        # ignored ``stop`` and waited for them would fail this test soon)
         other = ledger.Claimant(
-            "mailer-2.example:4242:feedfacecafe", utcnow() + timedelta(minutes=5)
+            "mailer-2.example:4242:feedfacecafe", utcnow() + timedelta(seconds=20)
         )
         assert len(ledger.claim_next(session, issue_id, 0, 7, other).jobs) == 7
     with ctx.db.read() as session:
@@ -307,6 +321,8 @@ def test_resume_unfinished_sends_every_sending_issue_in_order(ctx: Context) -> N
     paused = make_issue(ctx, "Paused")
     set_issue(ctx, paused, status=IssueStatus.PAUSED, status_reason="554 blocked")
     second = make_issue(ctx, "Second")
+    # rewritten after the others: on PostgreSQL its row now comes last in a table scan
+    set_issue(ctx, first, status_reason=None)
     seen: list[Progress] = []
     summaries = delivery.resume_unfinished(ctx, progress=seen.append)
     assert [(s.issue_id, s.status) for s in summaries] == [
@@ -497,9 +513,85 @@ def test_unfinished_issue_is_the_oldest_sending_or_paused(ctx: Context) -> None:
     add_subscribers(ctx, 1)
     done = make_issue(ctx)
     assert delivery.send_issue(ctx, done).ok
+    sending = make_issue(ctx)
     paused = make_issue(ctx)
     set_issue(ctx, paused, status=IssueStatus.PAUSED, status_reason="554 blocked")
-    make_issue(ctx)
+    # rewritten last: on PostgreSQL its row now comes last in a table scan
+    set_issue(ctx, sending, status_reason=None)
+    with ctx.db.read() as session:  # the oldest, whether sending or paused
+        # (unordered, SQLite's index on status would give the paused one first)
+        found = delivery.unfinished_issue(session)
+        assert found is not None and found.id == sending
+    set_issue(ctx, sending, status=IssueStatus.CANCELLED)
     with ctx.db.read() as session:
         found = delivery.unfinished_issue(session)
         assert found is not None and found.id == paused
+
+
+def test_other_senders_splits_pid_and_token_off_the_right(ctx: Context) -> None:
+    add_subscribers(ctx, 2)
+    issue_id = make_issue(ctx)
+    with ctx.db.write() as session:  # a host name with colons (an IPv6 literal)
+        v6 = ledger.Claimant("fd00::7:31337:0123456789ab", utcnow() + timedelta(minutes=5))
+        ledger.claim_next(session, issue_id, 0, 2, v6)
+    with ctx.db.read() as session:
+        assert delivery.other_senders(session, issue_id) == [("fd00::7", "31337", 2)]
+
+
+def test_finish_settles_the_status_from_the_ledger(ctx: Context) -> None:
+    """``_finish`` on its own, for run endings a real run reaches only by timing."""
+    add_subscribers(ctx, 3)
+    issue_id = make_issue(ctx)
+    plain = delivery._finish(ctx, issue_id, RunStats())  # nothing halted, nothing retried
+    assert (plain.status, plain.reason) == (IssueStatus.SENDING, "3 deliveries still queued")
+    retried = delivery._finish(ctx, issue_id, RunStats(last_retry_text="451 4.7.1 later"))
+    assert retried.reason == "3 deliveries still queued (last error: 451 4.7.1 later)"
+    named = delivery._finish(ctx, issue_id, RunStats(reason="why", last_retry_text="451"))
+    assert named.reason == "3 deliveries still queued (why)"
+    paused = delivery._finish(ctx, issue_id, RunStats(halt="pause", reason="554 5.7.1 no"))
+    assert (paused.status, paused.reason) == (IssueStatus.PAUSED, "554 5.7.1 no")
+    again = delivery._finish(ctx, issue_id, RunStats(halt="pause", reason="other"))
+    assert (again.status, again.reason) == (IssueStatus.PAUSED, "554 5.7.1 no")  # kept
+    row = issue_row(ctx, issue_id)
+    assert (row.status, row.status_reason, row.finished_at) == (
+        IssueStatus.PAUSED,
+        "554 5.7.1 no",
+        None,
+    )
+
+
+def test_send_issue_hands_each_reader_their_rendering(ctx: Context) -> None:
+    ids = sorted(add_subscribers(ctx, 3))
+    with ctx.db.write() as session:  # the first two chose sport; the third reads it all
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id.in_(ids[:2]))
+            .values(sections=encode_sections(["sport"]))
+        )
+    issue_id = make_issue(ctx, "The whole issue", enqueue=False)
+    with ctx.db.write() as session:
+        session.add(
+            IssueVariant(
+                issue_id=issue_id,
+                number=1,
+                sections=encode_sections(["sport"]),
+                story_count=2,
+                subject="Sport only",
+                html=HTML,
+                text=TEXT,
+            )
+        )
+        session.flush()
+        ledger.enqueue(session, issue_id)
+    assert delivery.send_issue(ctx, issue_id).ok
+    got = {}
+    for path in (Path(ctx.settings.outbox) / "new").iterdir():
+        msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+        got[str(msg["Delivered-To"])] = (str(msg["Subject"]), str(msg["Feedback-ID"]))
+    feedback = f"{issue_id}:manual:"
+    assert {to: subject for to, (subject, _) in got.items()} == {
+        email_for(0): "Sport only",
+        email_for(1): "Sport only",
+        email_for(2): "The whole issue",
+    }
+    assert all(fid.startswith(feedback) for _, fid in got.values()), got

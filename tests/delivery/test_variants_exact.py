@@ -191,6 +191,12 @@ def test_load_variants_with_only_empty_renderings_is_empty(ctx: Context) -> None
 
 def test_describe_variants_one_line_per_rendering(ctx: Context) -> None:
     _, issue_id, other = the_issue(ctx)
+    with ctx.db.write() as session:  # rewritten last: on PostgreSQL it now comes last in a scan
+        session.execute(
+            update(IssueVariant)
+            .where(IssueVariant.issue_id == issue_id, IssueVariant.number == 1)
+            .values(subject="sport subject")
+        )
     with ctx.db.read() as session:
         assert describe_variants(session, issue_id) == [
             "sport: 1 stories, 2 readers",
