@@ -495,11 +495,14 @@ def test_workers_send_with_the_verp_envelope_and_hand_back_errors(make_run: Make
     pusher.start()
     plain = build(1, "one@example.org", "One")
     verp = VerpBuilt("<2@x>", b"two", "bounce+2@example.com")
+    assert pusher.take(timeout=0.01) == []  # nothing in flight: back after the timeout
     pusher.push(job(1), plain)
     pusher.push(job(2), verp)
-    got = []
-    while len(got) < 2:
-        got += pusher.take(timeout=5)
+    for _ in range(500):  # both outcomes in: one take hands them over together
+        if pusher.results.qsize() == 2:
+            break
+        time.sleep(0.01)
+    got = pusher.take(timeout=5)
     sink.answer = RuntimeError("socket gone")
     pusher.push(job(3), plain)
     failed = pusher.take(timeout=5)
@@ -922,3 +925,15 @@ def test_a_run_stopped_before_it_starts_sends_nothing(make_run: MakeRun) -> None
     assert (stats.halt, stats.reason, stats.sent) == ("stop", "stopped on request", 0)
     assert sink.calls == []
     assert set(delivery_rows(run.ctx, run.issue_id).values()) == {("queued", 0, None)}
+
+
+def test_recorder_flushes_only_after_more_than_its_intervals(make_run: MakeRun) -> None:
+    from newsletter.delivery.engine import FLUSH_SECONDS, STATUS_SECONDS
+
+    rec = make_run().recorder
+    rec.last_flush = rec.last_status = 0.0
+    assert not rec.due(STATUS_SECONDS)  # idle, and exactly half a second: not yet
+    assert rec.due(STATUS_SECONDS + 0.25)
+    rec.buffer.append(Result(1, None))
+    assert not rec.due(FLUSH_SECONDS)  # exactly the interval: not yet
+    assert rec.due(FLUSH_SECONDS + 0.25)
