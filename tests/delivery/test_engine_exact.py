@@ -293,12 +293,13 @@ def test_deliveries_are_tallied_per_relay(make_run: MakeRun) -> None:
     take(run, 3, SendOutcome(Outcome.SENT, 250, "ok", relay="smtp://a"))
     take(run, 4, SENT)
     take(run, 5, SendOutcome(Outcome.BOUNCE, 550, "5.1.1 unknown"))
-    assert (run.stats.sent, run.stats.bounced, run.stats.failed) == (4, 1, 0)
+    take(run, 6, SendOutcome(Outcome.BOUNCE, 550, "5.1.1 unknown"))
+    assert (run.stats.sent, run.stats.bounced, run.stats.failed) == (4, 2, 0)
     assert run.stats.relays == {"smtp://a": 2, "smtp://b": 1}
     assert run.recorder.buffer[0] == Result(
         1, SendOutcome(Outcome.SENT, 250, "ok", relay="smtp://a"), "<1@example.com>", None
     )
-    assert [r.subscriber_id for r in run.recorder.buffer] == [1, 2, 3, 4, 5]
+    assert [r.subscriber_id for r in run.recorder.buffer] == [1, 2, 3, 4, 5, 6]
     assert run.recorder.buffer[4] == Result(
         5, SendOutcome(Outcome.BOUNCE, 550, "5.1.1 unknown"), "<5@example.com>", None
     )
@@ -465,6 +466,8 @@ def test_a_message_that_cannot_be_built_fails_without_being_pushed(make_run: Mak
         )
     ]
     assert run.pusher.outstanding == 0
+    run._push(Job(5, "bad-too@example.org", "Bad"))
+    assert (run.stats.failed, len(run.recorder.buffer)) == (2, 2)
     run._push(Job(4, "good@example.org", "Good"))
     assert run.pusher.outstanding == 1
     assert run.pusher.jobs.get_nowait() == (
