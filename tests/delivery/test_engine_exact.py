@@ -192,7 +192,8 @@ def test_dead_local_senders_are_only_this_hosts_exited_processes() -> None:
             f"{HOST}:{gone}:tok",
             f"{HOST}:{also_gone}:tok",
         ]
-        assert alive.poll() is None  # only asked whether it exists, never signalled
+        with pytest.raises(subprocess.TimeoutExpired):  # only asked if it exists, not signalled
+            alive.wait(timeout=0.5)
     finally:
         alive.kill()
         alive.wait()
@@ -293,12 +294,13 @@ def test_deliveries_are_tallied_per_relay(make_run: MakeRun) -> None:
     take(run, 3, SendOutcome(Outcome.SENT, 250, "ok", relay="smtp://a"))
     take(run, 4, SENT)
     take(run, 5, SendOutcome(Outcome.BOUNCE, 550, "5.1.1 unknown"))
-    assert (run.stats.sent, run.stats.bounced, run.stats.failed) == (4, 1, 0)
+    take(run, 6, SendOutcome(Outcome.BOUNCE, 550, "5.1.1 unknown"))
+    assert (run.stats.sent, run.stats.bounced, run.stats.failed) == (4, 2, 0)
     assert run.stats.relays == {"smtp://a": 2, "smtp://b": 1}
     assert run.recorder.buffer[0] == Result(
         1, SendOutcome(Outcome.SENT, 250, "ok", relay="smtp://a"), "<1@example.com>", None
     )
-    assert [r.subscriber_id for r in run.recorder.buffer] == [1, 2, 3, 4, 5]
+    assert [r.subscriber_id for r in run.recorder.buffer] == [1, 2, 3, 4, 5, 6]
     assert run.recorder.buffer[4] == Result(
         5, SendOutcome(Outcome.BOUNCE, 550, "5.1.1 unknown"), "<5@example.com>", None
     )
@@ -465,6 +467,8 @@ def test_a_message_that_cannot_be_built_fails_without_being_pushed(make_run: Mak
         )
     ]
     assert run.pusher.outstanding == 0
+    run._push(Job(5, "bad-too@example.org", "Bad"))
+    assert (run.stats.failed, len(run.recorder.buffer)) == (2, 2)
     run._push(Job(4, "good@example.org", "Good"))
     assert run.pusher.outstanding == 1
     assert run.pusher.jobs.get_nowait() == (
@@ -495,11 +499,14 @@ def test_workers_send_with_the_verp_envelope_and_hand_back_errors(make_run: Make
     pusher.start()
     plain = build(1, "one@example.org", "One")
     verp = VerpBuilt("<2@x>", b"two", "bounce+2@example.com")
+    assert pusher.take(timeout=0.01) == []  # nothing in flight: back after the timeout
     pusher.push(job(1), plain)
     pusher.push(job(2), verp)
-    got = []
-    while len(got) < 2:
-        got += pusher.take(timeout=5)
+    for _ in range(500):  # both outcomes in: one take hands them over together
+        if pusher.results.qsize() == 2:
+            break
+        time.sleep(0.01)
+    got = pusher.take(timeout=5)
     sink.answer = RuntimeError("socket gone")
     pusher.push(job(3), plain)
     failed = pusher.take(timeout=5)
@@ -922,3 +929,15 @@ def test_a_run_stopped_before_it_starts_sends_nothing(make_run: MakeRun) -> None
     assert (stats.halt, stats.reason, stats.sent) == ("stop", "stopped on request", 0)
     assert sink.calls == []
     assert set(delivery_rows(run.ctx, run.issue_id).values()) == {("queued", 0, None)}
+
+
+def test_recorder_flushes_only_after_more_than_its_intervals(make_run: MakeRun) -> None:
+    from newsletter.delivery.engine import FLUSH_SECONDS, STATUS_SECONDS
+
+    rec = make_run().recorder
+    rec.last_flush = rec.last_status = 0.0
+    assert not rec.due(STATUS_SECONDS)  # idle, and exactly half a second: not yet
+    assert rec.due(STATUS_SECONDS + 0.25)
+    rec.buffer.append(Result(1, None))
+    assert not rec.due(FLUSH_SECONDS)  # exactly the interval: not yet
+    assert rec.due(FLUSH_SECONDS + 0.25)

@@ -172,6 +172,7 @@ def test_claim_next_takes_the_keyset_batch_after_the_cursor(ctx: Context) -> Non
 def test_claim_skips_readers_who_left_and_records_them(ctx: Context) -> None:
     ids = add_subscribers(ctx, 3)
     issue = make_issue(ctx)
+    other = make_issue(ctx, "Other")
     set_rows(ctx, issue, [ids[2]], next_attempt_at=utcnow() + timedelta(hours=1))
     set_subscribers(ctx, [ids[1]], status=SubscriberStatus.UNSUBSCRIBED)
     set_subscribers(ctx, [ids[2]], status=SubscriberStatus.BOUNCED)
@@ -182,6 +183,7 @@ def test_claim_skips_readers_who_left_and_records_them(ctx: Context) -> None:
     assert [after[s]["status"] for s in ids] == ["sending", "skipped", "skipped"]
     assert after[ids[2]]["next"] is None
     assert after[ids[1]]["claimed_by"] is None
+    assert set(status_of(ctx, other).values()) == {"queued"}  # skipped in this issue only
 
 
 def test_claim_of_an_issue_no_longer_sending_claims_nothing(ctx: Context) -> None:
