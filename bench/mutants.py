@@ -30,9 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TRANSPORT = ["tests/delivery/test_transport.py", "tests/delivery/test_delivery_defences.py"]
 DELIVERY = ["tests/delivery/test_delivery_defences.py", "tests/delivery"]
-HEADERS = ["tests/mail/test_message.py", "tests/mail/test_header_refold.py"]
+HEADERS = [
+    "tests/mail/test_headers.py",
+    "tests/mail/test_message.py",
+    "tests/mail/test_header_refold.py",
+]
 TOKENS = ["tests/subscribers", "tests/web/test_web.py", "tests/web/test_web_hostile.py"]
 GUARD = [
+    "tests/web/test_guard_exact.py",
     "tests/web/test_web_limits.py",
     "tests/web/test_web_guard.py",
     "tests/web/test_web_hostile.py",
@@ -61,7 +66,7 @@ MUTANTS = [
     Mutant(T, "if code < 500:", "if code <= 500:", TRANSPORT),
     Mutant(
         f"newsletter/delivery/{L}",
-        '"b_inc": 0 if o.outcome is Outcome.POLICY else 1,',
+        '"b_inc": 0 if o.outcome in (Outcome.POLICY, Outcome.QUOTA) else 1,',
         '"b_inc": 1,',
         DELIVERY,
     ),
@@ -73,8 +78,8 @@ MUTANTS = [
     ),
     Mutant(
         E,
-        "            self.failure_streak = 0\n            self.consecutive_drops = 0",
-        "            self.consecutive_drops = 0",
+        "self.failure_streak = self.consecutive_drops = self.throttles = 0",
+        "self.consecutive_drops = self.throttles = 0",
         DELIVERY,
     ),
     Mutant(
@@ -83,13 +88,20 @@ MUTANTS = [
         "display_name = clean_header_text(display_name)",
         HEADERS,
     ),
-    Mutant("newsletter/web/guard.py", '    headers["X-Frame-Options"] = "DENY"\n', "", GUARD),
+    Mutant(
+        "newsletter/web/guard.py",
+        '    headers["X-Frame-Options"] = g.get("frame_options", "DENY")\n',
+        "",
+        GUARD,
+    ),
     # --- transport: classification and TLS
     Mutant(T, 'if subject in ("1", "2"):', 'if subject in ("1",):', TRANSPORT),
     Mutant(T, 'if subject == "7":', 'if subject == "6":', TRANSPORT),
     Mutant(T, "    if code in _AUTH_CODES:\n", "    if False:\n", TRANSPORT),
     Mutant(T, 'if stage in ("session", "mail"):', 'if stage in ("session",):', TRANSPORT),
-    Mutant(T, 'if not t.implicit_tls and smtp.has_extn("starttls"):', "if False:", TRANSPORT),
+    Mutant(
+        T, 'if not t.implicit_tls and "starttls" in smtp.esmtp_features:', "if False:", TRANSPORT
+    ),
     # --- engine and ledger
     Mutant(E, "if n < self.max_attempts:", "if n <= self.max_attempts:", DELIVERY),
     Mutant(
@@ -98,7 +110,9 @@ MUTANTS = [
         "if self.failure_streak > FAILURE_STREAK:",
         DELIVERY,
     ),
-    Mutant(E, '            self._halt("pause", outcome.text)\n', "            pass\n", DELIVERY),
+    Mutant(
+        E, '            self.halts.halt("pause", outcome.text)\n', "            pass\n", DELIVERY
+    ),
     Mutant(
         f"newsletter/delivery/{L}",
         "Outcome.POLICY: DeliveryStatus.QUEUED,",
@@ -198,7 +212,7 @@ MUTANTS = [
     ),
     Mutant(
         "newsletter/web/guard.py",
-        'return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"',
+        'return f"ip:{ipaddress.IPv6Interface((ip, 64)).network}"',
         'return f"ip:{ip}"',
         GUARD,
     ),
