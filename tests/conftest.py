@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +42,30 @@ OWN_FEEDS = OWN / "feeds"
 OWN_ARTICLES = OWN / "articles"
 OWN_FEED_FILES = sorted(p for p in OWN_FEEDS.iterdir() if p.suffix in (".xml", ".atom"))
 OWN_GOOD_FEEDS = ("planet.xml", "gazeta.xml", "wire.xml", "courier.atom")
+
+# Under mutmut (BENCHMARKS.md, "Mutation kill rate") a mutant that makes a send loop
+# idle forever would hold a worker until mutmut's own wall limit, minutes per
+# mutant; each test gets this long instead, then fails (the mutant is caught).
+MUTANT_TEST_LIMIT = 30
+
+
+def _mutant_hangs(signum: int, frame: object) -> None:
+    raise TimeoutError(f"ran {MUTANT_TEST_LIMIT} s under a mutant: it hangs")
+
+
+@pytest.fixture(autouse=True)
+def _fail_hanging_mutants() -> Iterator[None]:
+    """Outside mutation testing this does nothing."""
+    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _mutant_hangs)
+    signal.alarm(MUTANT_TEST_LIMIT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def in_ci() -> bool:
