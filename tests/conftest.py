@@ -46,7 +46,7 @@ OWN_GOOD_FEEDS = ("planet.xml", "gazeta.xml", "wire.xml", "courier.atom")
 # Under mutmut (BENCHMARKS.md, "Mutation kill rate") a mutant that makes a send loop
 # idle forever would hold a worker until mutmut's own wall limit, minutes per
 # mutant; each test gets this long instead, then fails (the mutant is caught).
-MUTANT_TEST_LIMIT = 30
+MUTANT_TEST_LIMIT = 10
 
 
 def _mutant_hangs(signum: int, frame: object) -> None:
