@@ -195,6 +195,21 @@ def make_settings(env: dict[str, str]) -> Callable[..., Settings]:
 
 
 @pytest.fixture
+def open_context(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Context]]:
+    """``Context.open`` on settings with these overrides; each closed when the test ends."""
+    opened: list[Context] = []
+
+    def factory(**overrides: str) -> Context:
+        c = Context.open(make_settings(**overrides))
+        opened.append(c)
+        return c
+
+    yield factory
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 

@@ -33,17 +33,8 @@ FAST = {"NEWSLETTER_RETRY_BASE_SECONDS": "0.05", "NEWSLETTER_BATCH_SIZE": "7"}
 
 
 @pytest.fixture
-def open_ctx(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Context]]:
-    opened: list[Context] = []
-
-    def factory(**overrides: str) -> Context:
-        c = Context.open(make_settings(**{**FAST, **overrides}))
-        opened.append(c)
-        return c
-
-    yield factory
-    for c in opened:
-        c.close()
+def open_ctx(open_context: Callable[..., Context]) -> Callable[..., Context]:
+    return lambda **overrides: open_context(**{**FAST, **overrides})
 
 
 @pytest.fixture

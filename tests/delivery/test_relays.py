@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,17 +21,8 @@ FAST = {"NEWSLETTER_RETRY_BASE_SECONDS": "0.05", "NEWSLETTER_BATCH_SIZE": "7"}
 
 
 @pytest.fixture
-def open_ctx(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Context]]:
-    opened: list[Context] = []
-
-    def factory(**overrides: str) -> Context:
-        c = Context.open(make_settings(**{**FAST, **overrides}))
-        opened.append(c)
-        return c
-
-    yield factory
-    for c in opened:
-        c.close()
+def open_ctx(open_context: Callable[..., Context]) -> Callable[..., Context]:
+    return lambda **overrides: open_context(**{**FAST, **overrides})
 
 
 class GreetsWith421:

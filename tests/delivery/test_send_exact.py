@@ -8,7 +8,7 @@ before the run ends it before the first claim, so the reasons are exact.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -49,17 +49,8 @@ FAST = {"NEWSLETTER_RETRY_BASE_SECONDS": "0.01", "NEWSLETTER_BATCH_SIZE": "7"}
 
 
 @pytest.fixture
-def open_ctx(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Context]]:
-    opened: list[Context] = []
-
-    def factory(**overrides: str) -> Context:
-        c = Context.open(make_settings(**{**FAST, **overrides}))
-        opened.append(c)
-        return c
-
-    yield factory
-    for c in opened:
-        c.close()
+def open_ctx(open_context: Callable[..., Context]) -> Callable[..., Context]:
+    return lambda **overrides: open_context(**{**FAST, **overrides})
 
 
 def stopped() -> threading.Event:
