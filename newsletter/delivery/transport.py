@@ -189,8 +189,8 @@ class SMTPConnection:
                 text = _decode(msg)
                 # Only 220 opens a session: any other 2xx greeting (a "221 bye") is
                 # nonsense here and must never count as the message sent.
-                sent = 200 <= code < 300
-                outcome = Outcome.RETRY if sent else classify(code, text, "session")
+                other_2xx = 200 <= code < 300
+                outcome = Outcome.RETRY if other_2xx else classify(code, text, "session")
                 raise _Refused(SendOutcome(outcome, code, text))
             self._expect(smtp.ehlo(), "EHLO")
             if not t.implicit_tls and "starttls" in smtp.esmtp_features:
